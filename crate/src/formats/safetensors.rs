@@ -1,0 +1,1 @@
+//! safetensors: streaming reader and writer.

@@ -1,0 +1,1 @@
+//! wgpu context: adapter, device, limits, features (device injected by the caller).

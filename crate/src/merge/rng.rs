@@ -1,0 +1,1 @@
+//! Randomness for the random sparsifiers (DARE, DELLA): seeded, portable, order-independent.

@@ -1,0 +1,1 @@
+//! GPU ops: one file per op (params, Meta, dispatch, CPU reference).

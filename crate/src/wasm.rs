@@ -1,0 +1,1 @@
+//! The JavaScript boundary (wasm32 only).
