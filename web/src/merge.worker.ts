@@ -1,0 +1,62 @@
+// The merge runs here, off the UI thread: the engine reads the picked files synchronously
+// (FileReaderSync, one tensor at a time) and streams each output file back in chunks.
+// Cancel = the page terminates this worker (and starts a fresh one): nothing half-written escapes.
+import init, { merge } from '../pkg/crucible.js';
+
+export type ToWorker = {
+  type: 'merge';
+  yaml: string;
+  files: Map<string, Map<string, File>>;
+  seed: string;
+  outShardSize?: number;
+};
+
+export type FromWorker =
+  | { type: 'ready' }
+  | { type: 'progress'; done_tensors: number; total_tensors: number; done_bytes: number; total_bytes: number; tensor: string }
+  | { type: 'done'; files: { name: string; blob: Blob }[]; ms: number }
+  | { type: 'error'; message: string };
+
+const ctx = globalThis as unknown as {
+  postMessage(m: FromWorker): void;
+  addEventListener(type: 'message', f: (e: MessageEvent<ToWorker>) => void): void;
+};
+
+const engine = init();
+
+ctx.addEventListener('message', async (e) => {
+  const msg = e.data;
+  if (msg.type !== 'merge') return;
+  try {
+    await engine;
+  } catch (err) {
+    ctx.postMessage({ type: 'error', message: `could not load the engine: ${String(err)}` });
+    return;
+  }
+  const parts = new Map<string, BlobPart[]>();
+  const done: { name: string; blob: Blob }[] = [];
+  const t0 = performance.now();
+  try {
+    merge(
+      msg.yaml,
+      msg.files,
+      msg.seed,
+      msg.outShardSize,
+      (p: { done_tensors: number; total_tensors: number; done_bytes: number; total_bytes: number; tensor: string }) =>
+        ctx.postMessage({ type: 'progress', ...p }),
+      (kind: string, file: string, arg: unknown) => {
+        if (kind === 'create') parts.set(file, []);
+        else if (kind === 'chunk') parts.get(file)?.push(arg as Uint8Array<ArrayBuffer>);
+        else if (kind === 'finish') {
+          done.push({ name: file, blob: new Blob(parts.get(file) ?? []) });
+          parts.delete(file);
+        } else if (kind === 'abort') parts.delete(file);
+      },
+    );
+    ctx.postMessage({ type: 'done', files: done, ms: performance.now() - t0 });
+  } catch (err) {
+    ctx.postMessage({ type: 'error', message: err instanceof Error ? err.message : String(err) });
+  }
+});
+
+ctx.postMessage({ type: 'ready' });
