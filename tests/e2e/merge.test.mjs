@@ -1,0 +1,299 @@
+// End-to-end tests of the built page (dist/) in Debian's Chromium, driven by playwright-core.
+// The native CLI (target/debug/crucible, or $CRUCIBLE_BIN) is the reference: every merge done
+// through the page must give the same bytes as `crucible merge` on the same recipe.
+//
+// Needs: `npm run build` (or scripts/test.sh, which builds first) and the CLI binary.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, writeSync, copyFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { serve } from './serve.mjs';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const FIX = join(ROOT, 'tests/fixtures/merge');
+const DIST = join(ROOT, 'dist');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const CLI = process.env.CRUCIBLE_BIN ?? join(ROOT, 'target/debug/crucible');
+
+const ALL_METHODS = [
+  'linear', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'task_arithmetic', 'ties', 'dare_ties', 'dare_linear',
+  'breadcrumbs', 'breadcrumbs_ties', 'della', 'della_linear', 'model_stock', 'nearswap', 'sce', 'arcee_fusion', 'passthrough',
+];
+
+const sha256 = (bytes) => createHash('sha256').update(bytes).digest('hex');
+
+let server;
+let browser;
+let work;
+
+/** Run the native CLI on `yaml` with model paths relative to `cwd`; returns the output folder. */
+function cliMerge(yaml, cwd, name, seed = '0') {
+  const recipe = join(work, `${name}.yml`);
+  const out = join(work, `${name}-cli`);
+  writeFileSync(recipe, yaml);
+  rmSync(out, { recursive: true, force: true });
+  execFileSync(CLI, ['merge', recipe, out, '--seed', seed], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  return out;
+}
+
+async function newPage() {
+  const context = await browser.newContext({ acceptDownloads: true });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(server.url);
+  await page.waitForSelector('#engine-status[data-state="ready"]', { timeout: 30_000 });
+  return { page, context, errors };
+}
+
+/** Files of a fixture model folder, as paths for setInputFiles. */
+const modelFilePaths = (dir) => readdirSync(dir).map((f) => join(dir, f));
+
+async function setModelFiles(page, model, paths) {
+  const card = page.locator(`.model-card[data-model="${model}"]`);
+  await card.locator('input.files-input').setInputFiles(paths);
+  await page.locator(`.model-card[data-model="${model}"] .file-list li`).first().waitFor();
+}
+
+async function setYaml(page, yaml) {
+  await page.click('#view-yaml');
+  await page.fill('#yaml-text', yaml);
+  // The page re-parses 200 ms after the last keystroke.
+  await page.waitForFunction(() => !document.querySelector('#recipe-status')?.textContent?.startsWith('…'), null, { timeout: 5000 });
+  await page.waitForTimeout(400);
+}
+
+async function runMerge(page) {
+  await page.click('#merge-btn');
+  await page.waitForSelector('#run-status.ok, #run-status.error', { timeout: 120_000 });
+  const cls = await page.getAttribute('#run-status', 'class');
+  const text = await page.textContent('#run-status');
+  return { ok: cls.includes('ok'), text };
+}
+
+async function downloadResult(page, file) {
+  const [dl] = await Promise.all([page.waitForEvent('download'), page.click(`a.download[data-file="${file}"]`)]);
+  const path = join(work, `dl-${Date.now()}-${file.replace(/\//g, '_')}`);
+  await dl.saveAs(path);
+  return readFileSync(path);
+}
+
+before(async () => {
+  assert.ok(existsSync(join(DIST, 'index.html')), 'dist/ is missing: run `npm run build` (scripts/test.sh does) first');
+  assert.ok(existsSync(CLI), `${CLI} is missing: run \`cargo build -p crucible --bin crucible\` first`);
+  work = mkdtempSync(join(tmpdir(), 'crucible-e2e-'));
+  server = await serve(DIST);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic', '--no-first-run'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+describe('Merge tab', () => {
+  it('loads, lists every merge method and reports the WebGPU status', async () => {
+    const { page, context, errors } = await newPage();
+    const names = await page.$$eval('#method-select option', (os) => os.map((o) => o.value));
+    assert.deepEqual([...names].sort(), [...ALL_METHODS].sort());
+    await page.waitForFunction(() => !document.querySelector('#gpu-status')?.textContent?.includes('checking'));
+    const gpu = await page.textContent('#gpu-status');
+    assert.match(gpu, /^WebGPU: /);
+    // The demo loads with one click and its recipe is valid.
+    await page.click('#demo-btn');
+    assert.equal(await page.locator('.model-card').count(), 3);
+    await page.waitForSelector('#recipe-status.ok');
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  it('merges two fixture checkpoints through the form; the download equals the CLI output (sha256)', async () => {
+    const { page, context, errors } = await newPage();
+    // Three models named as the CLI will find them (paths relative to tests/fixtures/merge).
+    for (let i = 0; i < 3; i++) await page.click('#add-model-btn');
+    const names = ['models/base', 'models/ft_a', 'models/ft_b'];
+    for (let i = 0; i < 3; i++) {
+      const input = page.locator('.model-card input.model-name').nth(i);
+      await input.fill(names[i]);
+      await input.dispatchEvent('change');
+      await page.waitForSelector(`.model-card[data-model="${names[i]}"]`);
+    }
+    for (const n of names) await setModelFiles(page, n, modelFilePaths(join(FIX, n)));
+    await page.selectOption('#method-select', 'ties');
+    await page.selectOption('#base-select', 'models/base');
+    // Per-model parameters of the two fine-tunes.
+    const set = async (model, param, value) => {
+      const row = page.locator('.model-params-row', { hasText: model });
+      await row.locator(`.param[data-param="${param}"] input`).fill(value);
+    };
+    await set('models/ft_a', 'weight', '1.0');
+    await set('models/ft_a', 'density', '0.5');
+    await set('models/ft_b', 'weight', '0.7');
+    await set('models/ft_b', 'density', '0.3');
+    await page.waitForSelector('#recipe-status.ok');
+    const yaml = await page.inputValue('#yaml-text');
+    assert.match(yaml, /merge_method: ties/);
+    const res = await runMerge(page);
+    assert.ok(res.ok, res.text);
+    const got = await downloadResult(page, 'model.safetensors');
+    const cli = cliMerge(yaml, FIX, 'ui-ties');
+    assert.equal(sha256(got), sha256(readFileSync(join(cli, 'model.safetensors'))));
+    const cfg = await downloadResult(page, 'config.json');
+    assert.equal(cfg.toString(), readFileSync(join(cli, 'config.json'), 'utf8'));
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  for (const name of ['dare_ties', 'della', 'slerp_slices', 'ties_sharded_in', 'linear_bf16', 'passthrough_frankenmerge']) {
+    it(`fixture recipe ${name}: the wasm merge equals the native CLI byte for byte`, async () => {
+      const yaml = readFileSync(join(FIX, 'recipes', `${name}.yml`), 'utf8');
+      const seed = '42';
+      const { page, context, errors } = await newPage();
+      await setYaml(page, yaml);
+      await page.waitForSelector('#recipe-status.ok');
+      const models = await page.$$eval('.model-card', (cs) => cs.map((c) => c.dataset.model));
+      assert.ok(models.length >= 1, 'the YAML view created the model cards');
+      for (const m of models) await setModelFiles(page, m, modelFilePaths(join(FIX, m)));
+      await page.fill('#seed-input', seed);
+      const res = await runMerge(page);
+      assert.ok(res.ok, res.text);
+      const cli = cliMerge(yaml, FIX, `fixture-${name}`, seed);
+      const outputs = await page.$$eval('a.download', (as) => as.map((a) => a.dataset.file));
+      const expected = readdirSync(cli).filter((f) => f !== 'mergekit_config.yml').sort();
+      assert.deepEqual(outputs.filter((f) => f !== 'mergekit_config.yml').sort(), expected);
+      for (const f of expected) {
+        const got = await downloadResult(page, f);
+        assert.equal(sha256(got), sha256(readFileSync(join(cli, f))), `${f} differs from the CLI's`);
+      }
+      assert.deepEqual(errors, []);
+      await context.close();
+    });
+  }
+
+  it('cancel mid-merge says cancelled and downloads nothing', async () => {
+    // Two models large enough that the merge takes a while: 48 tensors of 512×2048 f32 (4 MiB each).
+    const big = (dir, seed) => {
+      mkdirSync(dir, { recursive: true });
+      const n = 48, shape = [512, 2048], bytes = shape[0] * shape[1] * 4;
+      const header = { __metadata__: { format: 'pt' } };
+      for (let i = 0; i < n; i++) header[`model.layers.${i}.mlp.up_proj.weight`] = { dtype: 'F32', shape, data_offsets: [i * bytes, (i + 1) * bytes] };
+      let json = JSON.stringify(header);
+      json += ' '.repeat((8 - (json.length % 8)) % 8);
+      const fd = openSync(join(dir, 'model.safetensors'), 'w');
+      const len = Buffer.alloc(8);
+      len.writeBigUInt64LE(BigInt(json.length));
+      writeSync(fd, len);
+      writeSync(fd, Buffer.from(json));
+      const data = new Float32Array(shape[0] * shape[1]);
+      let x = seed;
+      for (let i = 0; i < n; i++) {
+        for (let j = 0; j < data.length; j++) {
+          x = (x * 1103515245 + 12345) >>> 0;
+          data[j] = (x / 4294967296 - 0.5) * 0.04;
+        }
+        writeSync(fd, Buffer.from(data.buffer));
+      }
+      closeSync(fd);
+      copyFileSync(join(FIX, 'models/base/config.json'), join(dir, 'config.json'));
+    };
+    big(join(work, 'big/a'), 1);
+    big(join(work, 'big/b'), 2);
+    const { page, context } = await newPage();
+    const downloads = [];
+    page.on('download', (d) => downloads.push(d));
+    await setYaml(page, 'merge_method: della\nbase_model: big_a\nmodels:\n  - model: big_b\n    parameters: {weight: 1.0, density: 0.5}\ndtype: float32\n');
+    await page.waitForSelector('#recipe-status.ok');
+    await setModelFiles(page, 'big_a', [join(work, 'big/a/model.safetensors'), join(work, 'big/a/config.json')]);
+    await setModelFiles(page, 'big_b', [join(work, 'big/b/model.safetensors'), join(work, 'big/b/config.json')]);
+    await page.click('#merge-btn');
+    await page.waitForFunction(() => /tensors/.test(document.querySelector('#progress-text')?.textContent ?? ''), null, { timeout: 60_000 });
+    await page.click('#cancel-btn');
+    await page.waitForSelector('#run-status.cancelled');
+    assert.match(await page.textContent('#run-status'), /cancelled/i);
+    assert.equal(await page.isHidden('#results'), true);
+    assert.equal(await page.locator('a.download').count(), 0);
+    // The worker is gone: nothing arrives later either.
+    await page.waitForTimeout(1500);
+    assert.equal(await page.locator('a.download').count(), 0);
+    assert.equal(downloads.length, 0);
+    assert.equal(await page.getAttribute('#run-status', 'class'), 'run-status cancelled');
+    // And a fresh worker merges again afterwards.
+    await setYaml(page, 'merge_method: linear\nmodels:\n  - model: models/base\n    parameters: {weight: 1.0}\n  - model: models/ft_a\n    parameters: {weight: 1.0}\ndtype: float32\n');
+    for (const m of ['models/base', 'models/ft_a']) await setModelFiles(page, m, modelFilePaths(join(FIX, m)));
+    const res = await runMerge(page);
+    assert.ok(res.ok, res.text);
+    await context.close();
+  });
+
+  it('bad input: a truncated .safetensors and bad YAML give the engine error naming the file / line', async () => {
+    const dir = join(work, 'trunc');
+    mkdirSync(dir, { recursive: true });
+    const whole = readFileSync(join(FIX, 'models/ft_a/model.safetensors'));
+    writeFileSync(join(dir, 'model.safetensors'), whole.subarray(0, Math.floor(whole.length / 2)));
+    copyFileSync(join(FIX, 'models/ft_a/config.json'), join(dir, 'config.json'));
+
+    const { page, context, errors } = await newPage();
+    const downloads = [];
+    page.on('download', (d) => downloads.push(d));
+    await setYaml(page, 'merge_method: linear\nmodels:\n  - model: models/base\n    parameters: {weight: 1.0}\n  - model: truncated\n    parameters: {weight: 1.0}\n');
+    await page.waitForSelector('#recipe-status.ok');
+    await setModelFiles(page, 'models/base', modelFilePaths(join(FIX, 'models/base')));
+    await setModelFiles(page, 'truncated', [join(dir, 'model.safetensors'), join(dir, 'config.json')]);
+    const res = await runMerge(page);
+    assert.equal(res.ok, false);
+    assert.match(res.text, /truncated/);
+    assert.match(res.text, /model\.safetensors/);
+    assert.equal(await page.locator('a.download').count(), 0);
+
+    // Bad YAML: a tab where YAML wants spaces, on line 3.
+    await setYaml(page, 'merge_method: linear\nmodels:\n\t- model: a\n');
+    await page.waitForSelector('#recipe-status.error');
+    const msg = await page.textContent('#recipe-status');
+    assert.match(msg, /line 3, column \d+/);
+    assert.equal(await page.isDisabled('#merge-btn'), true);
+    // An unknown method: the engine lists the valid ones.
+    await setYaml(page, 'merge_method: tiess\nmodels:\n  - model: a\n');
+    await page.waitForSelector('#recipe-status.error');
+    assert.match(await page.textContent('#recipe-status'), /tiess/);
+    assert.match(await page.textContent('#recipe-status'), /dare_ties/);
+    assert.equal(downloads.length, 0);
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  it('a file named with HTML is shown as text, never as markup', async () => {
+    const evil = '<img src=x onerror=window.__xss=1>.safetensors';
+    const dir = join(work, 'evil');
+    mkdirSync(dir, { recursive: true });
+    copyFileSync(join(FIX, 'models/ft_a/model.safetensors'), join(dir, evil));
+    copyFileSync(join(FIX, 'models/ft_a/config.json'), join(dir, 'config.json'));
+    const { page, context, errors } = await newPage();
+    await setYaml(page, 'merge_method: linear\nmodels:\n  - model: models/base\n    parameters: {weight: 1.0}\n  - model: "<b>evil</b>"\n    parameters: {weight: 1.0}\n');
+    await page.waitForSelector('#recipe-status.ok');
+    await setModelFiles(page, 'models/base', modelFilePaths(join(FIX, 'models/base')));
+    const card = page.locator('.model-card').nth(1);
+    await card.locator('input.files-input').setInputFiles([join(dir, evil), join(dir, 'config.json')]);
+    await card.locator('.file-list li').first().waitFor();
+    const shown = await card.locator('.file-name').allTextContents();
+    assert.ok(shown.includes(evil), `file list shows ${JSON.stringify(shown)}`);
+    assert.equal(await card.locator('input.model-name').inputValue(), '<b>evil</b>');
+    assert.equal(await page.locator('main img, main b').count(), 0);
+    // The engine finds the lone .safetensors whatever its name and merges it.
+    const res = await runMerge(page);
+    assert.ok(res.ok, res.text);
+    assert.equal(await page.evaluate(() => window.__xss), undefined);
+    assert.equal(await page.locator('img').count(), 0);
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+});
