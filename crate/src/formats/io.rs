@@ -40,6 +40,19 @@ pub trait ByteSink {
     fn finish(&mut self) -> Result<(), IoError>;
 }
 
+/// A boxed sink is a sink (`Writer<Box<dyn ByteSink>>` over `OutputDir::create`'s result).
+impl<T: ByteSink + ?Sized> ByteSink for Box<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), IoError> {
+        (**self).write_all(bytes)
+    }
+    fn finish(&mut self) -> Result<(), IoError> {
+        (**self).finish()
+    }
+}
+
 /// An in-memory source (tests, small bundled examples).
 pub struct MemSource {
     pub name: String,

@@ -78,7 +78,7 @@ pub enum FormatError {
         source: Box<FormatError>,
     },
     /// A size string (`--out-shard-size`) that does not parse.
-    #[error("invalid size {0:?}: expected a whole number with an optional K, M or B suffix (thousand, million, billion), e.g. 5B, 500M, 1000000")]
+    #[error("invalid size {0:?}: expected a whole number with an optional K, M or B suffix (thousand, million, billion bytes), e.g. 5B, 500M, 1000000")]
     BadSize(String),
 }
 

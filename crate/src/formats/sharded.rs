@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::formats::checkpoint::{INDEX_FILE, OutputDir, SINGLE_FILE};
-use crate::formats::io::{ByteSink, IoError};
+use crate::formats::io::ByteSink;
 use crate::formats::safetensors::{FormatError, Writer, python_order};
 use crate::tensor::DType;
 
@@ -181,21 +181,6 @@ fn py_json_str(s: &str) -> String {
     o
 }
 
-/// A boxed sink as a `ByteSink` value (for `Writer<S>`).
-struct BoxSink(Box<dyn ByteSink>);
-
-impl ByteSink for BoxSink {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn write_all(&mut self, bytes: &[u8]) -> Result<(), IoError> {
-        self.0.write_all(bytes)
-    }
-    fn finish(&mut self) -> Result<(), IoError> {
-        self.0.finish()
-    }
-}
-
 /// Writes a [`ShardedLayout`] to an [`OutputDir`], one tensor at a time in
 /// [`ShardedLayout::write_order`]. Every shard stays unfinished (a native `.partial` file) until
 /// [`ShardedWriter::finish`], which finishes them all and then writes the index: an error or a
@@ -205,8 +190,8 @@ pub struct ShardedWriter<'a> {
     layout: ShardedLayout,
     metadata: BTreeMap<String, String>,
     /// Shards fully written, waiting for `finish`.
-    done: Vec<Writer<BoxSink>>,
-    current: Option<Writer<BoxSink>>,
+    done: Vec<Writer<Box<dyn ByteSink>>>,
+    current: Option<Writer<Box<dyn ByteSink>>>,
     /// Index of the next shard to open.
     next_shard: usize,
 }
@@ -229,13 +214,13 @@ impl<'a> ShardedWriter<'a> {
         }
     }
 
-    fn writer(&mut self, name: &str) -> Result<&mut Writer<BoxSink>, FormatError> {
+    fn writer(&mut self, name: &str) -> Result<&mut Writer<Box<dyn ByteSink>>, FormatError> {
         if self.current.is_none() {
             let Some(shard) = self.layout.shards.get(self.next_shard) else {
                 return Err(FormatError::Tensor { file: "(output)".into(), tensor: name.into(), message: "all planned tensors are already written".into() });
             };
             let sink = self.out.create(&shard.file)?;
-            self.current = Some(Writer::new(BoxSink(sink), &shard.tensors, &self.metadata)?);
+            self.current = Some(Writer::new(sink, &shard.tensors, &self.metadata)?);
             self.next_shard += 1;
         }
         Ok(self.current.as_mut().expect("opened above"))
@@ -274,7 +259,7 @@ impl<'a> ShardedWriter<'a> {
         let mut files = Vec::new();
         for w in self.done.drain(..) {
             let s = w.finish()?;
-            files.push(s.0.name().to_string());
+            files.push(s.name().to_string());
         }
         if let Some(index) = self.layout.index_json() {
             let mut sink = self.out.create(INDEX_FILE)?;
@@ -342,6 +327,89 @@ mod tests {
         assert_eq!(one.shards[0].file, "model.safetensors");
         assert_eq!(one.index_json(), None);
         assert!(ShardedLayout::new(&[t[0].clone(), t[0].clone()], 0).is_err());
+    }
+
+    fn unhex(h: &str) -> Vec<u8> {
+        (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect()
+    }
+
+    fn tmp_dir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("crucible-sharded-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// Files written by mergekit 0.1.5's own `TensorWriter("/tmp/mkw", max_shard_size=32)` after
+    /// `save_tensor` of z.norm f32 [1, 2, -3.5, 0.1], a.weight bf16 [0.1, 0.2, 0.3, -1],
+    /// m.weight f32 [5, 6], b.weight f16 [0.5, -0.25, 1e-3, 7] and `finalize()`; ours must be
+    /// byte-identical (shard split, file names, tensor order inside a shard, header, index).
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn sharded_output_is_byte_identical_to_mergekit() {
+        use crate::formats::checkpoint::DirOutput;
+        let shard1 = unhex("d8000000000000007b225f5f6d657461646174615f5f223a7b22666f726d6174223a227074227d2c226d2e776569676874223a7b226474797065223a22463332222c227368617065223a5b325d2c22646174615f6f666673657473223a5b302c385d7d2c227a2e6e6f726d223a7b226474797065223a22463332222c227368617065223a5b345d2c22646174615f6f666673657473223a5b382c32345d7d2c22612e776569676874223a7b226474797065223a2242463136222c227368617065223a5b345d2c22646174615f6f666673657473223a5b32342c33325d7d7d20200000a0400000c0400000803f00000040000060c0cdcccc3dcd3d4d3e9a3e80bf");
+        let shard2 = unhex("60000000000000007b225f5f6d657461646174615f5f223a7b22666f726d6174223a227074227d2c22622e776569676874223a7b226474797065223a22463136222c227368617065223a5b345d2c22646174615f6f666673657473223a5b302c385d7d7d20202020003800b419140047");
+        let index = "{\n  \"metadata\": {\n    \"total_size\": 40,\n    \"mergekit_version\": \"0.1.5\"\n  },\n  \"weight_map\": {\n    \"z.norm\": \"model-00001-of-00002.safetensors\",\n    \"a.weight\": \"model-00001-of-00002.safetensors\",\n    \"m.weight\": \"model-00001-of-00002.safetensors\",\n    \"b.weight\": \"model-00002-of-00002.safetensors\"\n  }\n}";
+        let values = |n: &str| -> Vec<f32> {
+            match n {
+                "z.norm" => vec![1.0, 2.0, -3.5, 0.1],
+                "a.weight" => vec![0.1, 0.2, 0.3, -1.0],
+                "m.weight" => vec![5.0, 6.0],
+                _ => vec![0.5, -0.25, 1e-3, 7.0],
+            }
+        };
+        let saved = vec![
+            ("z.norm".to_string(), DType::F32, vec![4]),
+            ("a.weight".to_string(), DType::BF16, vec![4]),
+            ("m.weight".to_string(), DType::F32, vec![2]),
+            ("b.weight".to_string(), DType::F16, vec![4]),
+        ];
+        let layout = ShardedLayout::new(&saved, 32).unwrap();
+        let order: Vec<String> = layout.write_order().map(|t| t.0.clone()).collect();
+        let dir = tmp_dir("golden");
+        let mut out = DirOutput::new(&dir);
+        let md = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        let mut w = ShardedWriter::new(&mut out, layout, &md);
+        for name in &order {
+            assert_eq!(w.next_tensor(), Some(name.as_str()));
+            w.write_tensor(name, &values(name)).unwrap();
+        }
+        assert_eq!(w.next_tensor(), None);
+        let files = w.finish().unwrap();
+        assert_eq!(files.len(), 3);
+        assert_eq!(std::fs::read(dir.join("model-00001-of-00002.safetensors")).unwrap(), shard1);
+        assert_eq!(std::fs::read(dir.join("model-00002-of-00002.safetensors")).unwrap(), shard2);
+        assert_eq!(std::fs::read_to_string(dir.join(INDEX_FILE)).unwrap(), index);
+        let mut listed: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        listed.sort();
+        assert_eq!(listed, ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", INDEX_FILE]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An error in the second shard (or an early finish) leaves no file at all: the complete
+    /// first shard stays `.partial` until everything is written, and is removed on drop.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn failure_in_a_later_shard_leaves_nothing() {
+        use crate::formats::checkpoint::DirOutput;
+        let saved = vec![("a".to_string(), DType::F32, vec![8]), ("b".to_string(), DType::F32, vec![8])];
+        for early_finish in [false, true] {
+            let dir = tmp_dir(if early_finish { "early" } else { "fail" });
+            let mut out = DirOutput::new(&dir);
+            let mut w = ShardedWriter::new(&mut out, ShardedLayout::new(&saved, 32).unwrap(), &BTreeMap::new());
+            w.write_tensor("a", &[1.0; 8]).unwrap();
+            if early_finish {
+                let e = w.finish().unwrap_err().to_string();
+                assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("tensor b") && e.contains("not written"), "{e}");
+            } else {
+                let e = w.write_tensor("b", &[1.0; 7]).unwrap_err().to_string();
+                assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("tensor b"), "{e}");
+                drop(w);
+            }
+            let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert!(left.is_empty(), "left behind: {left:?}");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     /// Python `json.dumps("é\u{1F600}\x7f\"\\\n", ensure_ascii=True)`.
