@@ -506,6 +506,31 @@ mod tests {
         assert_eq!(ours, python);
     }
 
+    /// `safetensors.torch.save({"h": tensor([0.5], f16), "b": tensor([1.5], bf16), "f": tensor([1.0]),
+    /// "s": tensor(2.0), "e": zeros(0, 3)}, metadata={"format": "pt"})` from the Python library 0.8.0:
+    /// a scalar and an empty tensor sharing offset 0 with the next one. We read it and rewrite it
+    /// byte for byte.
+    #[test]
+    fn reads_and_rewrites_python_file_with_scalar_and_empty_tensor() {
+        let python = "30010000000000007b225f5f6d657461646174615f5f223a7b22666f726d6174223a227074227d2c2265223a7b226474797065223a22463332222c227368617065223a5b302c335d2c22646174615f6f666673657473223a5b302c305d7d2c2266223a7b226474797065223a22463332222c227368617065223a5b315d2c22646174615f6f666673657473223a5b302c345d7d2c2273223a7b226474797065223a22463332222c227368617065223a5b5d2c22646174615f6f666673657473223a5b342c385d7d2c2262223a7b226474797065223a2242463136222c227368617065223a5b315d2c22646174615f6f666673657473223a5b382c31305d7d2c2268223a7b226474797065223a22463136222c227368617065223a5b315d2c22646174615f6f666673657473223a5b31302c31325d7d7d20200000803f00000040c03f0038";
+        let python: Vec<u8> = (0..python.len()).step_by(2).map(|i| u8::from_str_radix(&python[i..i + 2], 16).unwrap()).collect();
+        let mut src = MemSource { name: "py.safetensors".into(), bytes: python.clone() };
+        let h = read_header(&mut src).unwrap();
+        assert_eq!(h.data_start, 8 + 304);
+        assert_eq!(h.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["e", "f", "s", "b", "h"]);
+        let mut decl = Vec::new();
+        let mut vals = Vec::new();
+        for t in &h.tensors {
+            let mut v = Vec::new();
+            read_tensor(&mut src, t, &mut v).unwrap();
+            decl.push((t.name.clone(), t.dtype, t.shape.clone()));
+            vals.push(v);
+        }
+        assert_eq!(vals, [vec![], vec![1.0], vec![2.0], vec![1.5], vec![0.5]]);
+        assert_eq!(h.get("s").unwrap().shape, Vec::<usize>::new());
+        assert_eq!(write(&decl, &vals, &h.metadata), python);
+    }
+
     /// `safetensors.numpy.save({"x": zeros(2, f32)})` (no metadata): 54 bytes of JSON + 2 spaces;
     /// `save({})`: `{}` + 6 spaces. Also python_order puts BF16 between F32 and F16.
     #[test]

@@ -293,7 +293,8 @@ mod tests {
         v.iter().enumerate().map(|(i, s)| (format!("t{i}"), *s)).collect()
     }
 
-    /// Reference: mergekit `TensorWriter.save_tensor`, traced by hand:
+    /// Reference: mergekit 0.1.5 `TensorWriter(max_shard_size=100)` fed uint8 tensors of these sizes
+    /// (run once; its index put t0, t1 in shard 1 and each of t2..t5 alone):
     /// max 100, sizes 60, 40, 1, 100, 150, 10 → [60, 40] (100 is not > 100), [1], [100]
     /// (1 + 100 > 100), [150] (oversize tensor alone), [10].
     #[test]
