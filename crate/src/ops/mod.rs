@@ -1,1 +1,57 @@
-//! GPU ops: one file per op (params, Meta, dispatch, CPU reference).
+//! GPU ops: one file per op, each holding its params, the `#[repr(C)]` Meta struct mirroring
+//! the WGSL `Meta` in `shaders/NAME.wgsl`, shape checks, the dispatch (taking a
+//! [`GpuContext`](crate::gpu::GpuContext)) and `reference(...)`: the readable CPU version on
+//! plain slices that the GPU result is tested against (crate/tests/gpu_native.rs natively on
+//! lavapipe, crate/tests/gpu_web.rs in Chromium).
+
+pub mod rmsnorm;
+pub mod weighted_sum;
+
+use crate::gpu::GpuError;
+
+/// Errors of the GPU ops: bad shapes (named by op and operand) or a GPU failure.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{op}: {message}")]
+    Shape { op: &'static str, message: String },
+    #[error("{op}: {source}")]
+    Gpu {
+        op: &'static str,
+        #[source]
+        source: GpuError,
+    },
+}
+
+impl OpError {
+    pub(crate) fn shape(op: &'static str, message: impl Into<String>) -> OpError {
+        OpError::Shape { op, message: message.into() }
+    }
+}
+
+/// Attaches the op name to a [`GpuError`].
+pub(crate) trait GpuResultExt<T> {
+    fn op(self, op: &'static str) -> Result<T, OpError>;
+}
+
+impl<T> GpuResultExt<T> for Result<T, GpuError> {
+    fn op(self, op: &'static str) -> Result<T, OpError> {
+        self.map_err(|source| OpError::Gpu { op, source })
+    }
+}
+
+/// Records one compute pass: `pipeline` with `bind_group` at group 0 over an (x, y) grid.
+pub(crate) fn encode_pass(
+    encoder: &mut wgpu::CommandEncoder,
+    label: &str,
+    pipeline: &wgpu::ComputePipeline,
+    bind_group: &wgpu::BindGroup,
+    grid: (u32, u32),
+) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: None,
+    });
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, bind_group, &[]);
+    pass.dispatch_workgroups(grid.0, grid.1, 1);
+}

@@ -1,0 +1,110 @@
+//! Kernel-vs-reference checks shared by crate/tests/gpu_native.rs (lavapipe) and
+//! crate/tests/gpu_web.rs (Chromium + SwiftShader through `navigator.gpu`).
+//!
+//! Each check runs a GPU op on seeded pseudo-random data, runs its CPU `reference` on the same
+//! slices, and asserts every element within a tolerance derived from the arithmetic (written
+//! next to the assertion). A mismatch panics with the op, shape, index and both values.
+
+#![allow(dead_code)]
+
+use crucible::gpu::GpuContext;
+use crucible::ops::{rmsnorm, weighted_sum};
+
+/// f32 machine epsilon (2⁻²³).
+pub const EPS: f64 = f32::EPSILON as f64;
+
+/// Deterministic data: splitmix64 → uniform in [-scale, scale).
+pub fn data(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let u = (z >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+            (2.0 * u - 1.0) * scale
+        })
+        .collect()
+}
+
+/// weighted_sum on (M, N) inputs with the given weights, against the reference.
+pub async fn check_weighted_sum(
+    ctx: &GpuContext,
+    n: usize,
+    w: &[f32],
+    normalize: bool,
+    max_chunk_elems: Option<usize>,
+) {
+    let m = w.len();
+    let xs: Vec<Vec<f32>> = (0..m).map(|k| data(1000 + k as u64 + n as u64, n, 2.0)).collect();
+    let refs: Vec<&[f32]> = xs.iter().map(|x| x.as_slice()).collect();
+    let params = weighted_sum::WeightedSumParams { normalize, max_chunk_elems };
+    let gpu = weighted_sum::weighted_sum(ctx, &refs, w, &params)
+        .await
+        .unwrap_or_else(|e| panic!("weighted_sum (M={m}, N={n}) failed on the GPU: {e}"));
+    let cpu = weighted_sum::reference(&refs, w, normalize).unwrap();
+    assert_eq!(gpu.len(), n, "weighted_sum (M={m}, N={n}): output length");
+    let wsum: f64 = w.iter().map(|&v| v as f64).sum();
+    let denom = if normalize { wsum.abs() } else { 1.0 };
+    for i in 0..n {
+        let s: f64 = (0..m).map(|k| (w[k] as f64 * xs[k][i] as f64).abs()).sum();
+        // Tolerance: each of the M steps of acc += w·x rounds (or is fused into an FMA) on
+        // either side: ≤ 2(M+1)·ε·Σ|w·x|; WGSL division is accurate to 2.5 ulp: + 3ε·|out|.
+        let tol = 2.0 * (m as f64 + 1.0) * EPS * s / denom + 3.0 * EPS * (cpu[i] as f64).abs() + 1e-30;
+        let diff = (gpu[i] as f64 - cpu[i] as f64).abs();
+        assert!(
+            diff <= tol,
+            "weighted_sum (M={m}, N={n}, normalize={normalize}) at {i}: gpu {} cpu {} |diff| {diff:e} > tol {tol:e}",
+            gpu[i],
+            cpu[i]
+        );
+    }
+}
+
+/// rmsnorm on x: (T, d), against the reference.
+pub async fn check_rmsnorm(ctx: &GpuContext, t: usize, d: usize, max_chunk_rows: Option<usize>) {
+    let x = data(7 + (t * 31 + d) as u64, t * d, 3.0);
+    let w = data(99 + d as u64, d, 1.5);
+    let p = rmsnorm::RmsNormParams { d, eps: 1e-5, max_chunk_rows };
+    let gpu = rmsnorm::rmsnorm(ctx, &x, &w, &p)
+        .await
+        .unwrap_or_else(|e| panic!("rmsnorm (T={t}, d={d}) failed on the GPU: {e}"));
+    let cpu = rmsnorm::reference(&x, &w, &p).unwrap();
+    assert_eq!(gpu.len(), t * d, "rmsnorm (T={t}, d={d}): output length");
+    for i in 0..t * d {
+        // Tolerance 1e-5 relative: the f32 tree sum of x² is off by ≤ (d/256 + 8)·ε relative
+        // (≈ 3e-6 at d = 4101; halved by the square root), inverseSqrt ≤ 2 ulp, two products
+        // 1 ulp each. A wrong row, column or reduction gives O(1) errors.
+        let tol = 1e-5 * (cpu[i] as f64).abs() + 1e-7;
+        let diff = (gpu[i] as f64 - cpu[i] as f64).abs();
+        assert!(
+            diff <= tol,
+            "rmsnorm (T={t}, d={d}) at row {} col {}: gpu {} cpu {} |diff| {diff:e} > tol {tol:e}",
+            i / d,
+            i % d,
+            gpu[i],
+            cpu[i]
+        );
+    }
+}
+
+/// The shapes every backend runs: odd sizes, one element, several chunks, > 65535 workgroups.
+pub async fn weighted_sum_cases(ctx: &GpuContext) {
+    check_weighted_sum(ctx, 1, &[0.7], false, None).await;
+    check_weighted_sum(ctx, 7, &[0.25, 0.75], true, None).await;
+    check_weighted_sum(ctx, 1000, &[1.0, -1.0, 0.5], false, None).await; // task arithmetic style
+    check_weighted_sum(ctx, 65_536 + 3, &[0.1, 0.2, 0.3, 0.4, 0.5], true, None).await;
+    // Split path: chunks of 4097 elements per model (13 chunks, the last one short).
+    check_weighted_sum(ctx, 50_001, &[2.0, -0.5, 0.25], true, Some(4097)).await;
+}
+
+pub async fn rmsnorm_cases(ctx: &GpuContext) {
+    check_rmsnorm(ctx, 1, 1, None).await;
+    check_rmsnorm(ctx, 3, 7, None).await;
+    check_rmsnorm(ctx, 5, 576, None).await; // SmolLM2 hidden size
+    check_rmsnorm(ctx, 2, 4096 + 5, None).await;
+    check_rmsnorm(ctx, 17, 300, Some(4)).await; // split path: 5 chunks of ≤ 4 rows
+    check_rmsnorm(ctx, 70_000, 3, None).await; // more rows than one grid dimension holds
+}

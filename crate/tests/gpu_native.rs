@@ -1,0 +1,130 @@
+//! GPU kernels against their CPU references, natively through wgpu (Vulkan: Mesa lavapipe on
+//! machines without a GPU). A machine with no adapter FAILS these tests: install
+//! `mesa-vulkan-drivers` (scripts/setup.sh does).
+//!
+//! Run: `XDG_RUNTIME_DIR=/tmp cargo test -p crucible --test gpu_native -- --nocapture`
+//! (the env var only silences harmless loader warnings).
+#![cfg(not(target_arch = "wasm32"))]
+
+mod gpu_common;
+
+use crucible::gpu::{GpuContext, GpuError};
+use gpu_common::*;
+
+/// The default context, or a failing test that says why.
+fn ctx() -> GpuContext {
+    let ctx = pollster::block_on(GpuContext::new_default())
+        .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+    println!("adapter: {}", ctx.adapter_summary());
+    ctx
+}
+
+/// A context on the default adapter whose device gets a *small* storage binding limit, to drive
+/// the split paths with small tensors (the injected-device pattern: the test opens the device).
+fn ctx_with_binding_limit(bytes: u64) -> GpuContext {
+    pollster::block_on(async {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: bytes,
+            max_buffer_size: bytes,
+            ..adapter.limits()
+        };
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("small-binding test device"),
+                required_limits: limits,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("could not open a device with small limits: {e}"));
+        let ctx = GpuContext::from_device(device, queue);
+        assert_eq!(ctx.max_binding_bytes(), bytes, "the injected device keeps its limits");
+        ctx
+    })
+}
+
+#[test]
+fn adapter_is_found_and_reports_limits() {
+    let ctx = ctx();
+    assert!(ctx.limits.max_storage_buffer_binding_size >= 1 << 20);
+    assert!(ctx.limits.max_compute_invocations_per_workgroup >= 256, "kernels use 256 threads");
+    assert!(!ctx.adapter_info.name.is_empty(), "adapter without a name: {:?}", ctx.adapter_info);
+}
+
+#[test]
+fn weighted_sum_matches_reference() {
+    let ctx = ctx();
+    pollster::block_on(weighted_sum_cases(&ctx));
+}
+
+#[test]
+fn rmsnorm_matches_reference() {
+    let ctx = ctx();
+    pollster::block_on(rmsnorm_cases(&ctx));
+}
+
+#[test]
+fn split_paths_follow_the_device_binding_limit() {
+    // 64 KiB bindings: 3 models × 100 003 floats need 19 chunks of 5461 elements per model;
+    // 40 rows of 1000 floats need 3 chunks of 16 rows.
+    let ctx = ctx_with_binding_limit(64 << 10);
+    pollster::block_on(async {
+        check_weighted_sum(&ctx, 100_003, &[0.5, 0.25, 0.25], true, None).await;
+        check_rmsnorm(&ctx, 40, 1000, None).await;
+    });
+    let e = pollster::block_on(crucible::ops::rmsnorm::rmsnorm(
+        &ctx,
+        &vec![1.0; 20_000],
+        &vec![1.0; 20_000],
+        &crucible::ops::rmsnorm::RmsNormParams { d: 20_000, eps: 1e-5, max_chunk_rows: None },
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("exceeds the storage binding limit"), "{e}");
+}
+
+#[test]
+fn weighted_sum_beyond_one_binding_and_one_grid_dimension() {
+    let ctx = ctx();
+    let n = 65_535 * 256 + 340;
+    // One model: 67 MB fits one binding, but ⌈n / 256⌉ = 65 537 workgroups need the 2-D grid.
+    assert_eq!(crucible::ops::weighted_sum::chunk_capacity(&ctx, 1, n, None), n.min(
+        (ctx.max_binding_bytes() / 4) as usize));
+    pollster::block_on(check_weighted_sum(&ctx, n, &[0.3], false, None));
+    // Three models: 201 MB > lavapipe's 128 MiB binding, so at least 2 chunks.
+    let c = crucible::ops::weighted_sum::chunk_capacity(&ctx, 3, n, None);
+    println!("3 models: chunk capacity {c} elements per model → {} chunks", n.div_ceil(c));
+    pollster::block_on(check_weighted_sum(&ctx, n, &[0.3, 0.3, 0.4], false, None));
+}
+
+#[test]
+fn shader_errors_are_values_not_panics() {
+    let ctx = ctx();
+    match ctx.pipeline("broken_kernel", "this is not WGSL") {
+        Err(GpuError::Shader { kernel, message }) => {
+            assert_eq!(kernel, "broken_kernel");
+            assert!(!message.is_empty());
+        }
+        Err(e) => panic!("expected a Shader error, got {e}"),
+        Ok(_) => panic!("invalid WGSL compiled"),
+    }
+    // The context stays usable afterwards.
+    pollster::block_on(check_weighted_sum(&ctx, 5, &[1.0, 2.0], false, None));
+}
+
+#[test]
+fn buffer_pool_reuses_buffers_across_calls() {
+    let ctx = ctx();
+    pollster::block_on(check_weighted_sum(&ctx, 3000, &[1.0, 1.0], true, None));
+    let after_first = ctx.pool_stats();
+    pollster::block_on(check_weighted_sum(&ctx, 2900, &[1.0, 1.0], true, None));
+    let after_second = ctx.pool_stats();
+    // Same labels and size classes: the second call creates nothing new.
+    assert_eq!(after_second.created, after_first.created, "{after_first:?} → {after_second:?}");
+    assert!(after_second.reused > after_first.reused);
+}
