@@ -14,8 +14,8 @@ Two sizes:
     1536, 9 heads / 3 kv heads, head_dim 64, vocab 49152, tied embeddings, BF16 like the
     published weights), generated once (deterministically, pure Python) into .cache/bench/smol.
 
-Each run is a fresh subprocess; wall time is measured around it and peak RSS comes from
-os.wait4's rusage of that child (ru_maxrss). Output dirs go to .cache/bench/out and are removed.
+Each run is a fresh subprocess; wall time is measured around it and peak RSS comes from GNU
+/usr/bin/time -f %M (else os.wait4's ru_maxrss of that child). Output dirs go to .cache/bench/out and are removed.
 Prints a side-by-side table with the ratios, and the size of the largest tensor (the unit of
 Crucible's memory budget: peak ≈ a small multiple of it, never the model size).
 
@@ -228,7 +228,16 @@ dtype: bfloat16
 
 
 def timed(cmd: list[str] | str, cwd: Path, env=None, shell=False) -> dict:
-    """Runs one command in a fresh subprocess: wall seconds, peak RSS (bytes) of that child."""
+    """Runs one command in a fresh subprocess: wall seconds, peak RSS (bytes) of that command.
+
+    Peak RSS comes from GNU /usr/bin/time -f %M when present: it forks the command from its own
+    tiny process, so the figure is the command's alone. Without it, os.wait4's ru_maxrss is used,
+    which also counts the forked Python before exec (a floor of ~15 MB)."""
+    gnu_time = shutil.which("time", path="/usr/bin")
+    rss_file = None
+    if gnu_time and not shell:
+        rss_file = CACHE / f"rss.{os.getpid()}.txt"
+        cmd = [gnu_time, "-o", str(rss_file), "-f", "%M", *cmd]
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=cwd, env=env, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = p.stdout.read()
@@ -236,9 +245,16 @@ def timed(cmd: list[str] | str, cwd: Path, env=None, shell=False) -> dict:
     wall = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
     text = out.decode(errors="replace")
+    peak = ru.ru_maxrss * 1024
+    if rss_file is not None:
+        try:
+            peak = int(rss_file.read_text().strip().splitlines()[-1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        rss_file.unlink(missing_ok=True)
     if p.returncode != 0:
         return {"ok": False, "error": f"exit {p.returncode}: {text[-2000:]}", "wall_s": wall}
-    return {"ok": True, "wall_s": wall, "peak_rss": ru.ru_maxrss * 1024, "stdout": text}
+    return {"ok": True, "wall_s": wall, "peak_rss": peak, "stdout": text}
 
 
 def find_mergekit() -> str | None:
@@ -253,7 +269,9 @@ def fmt_s(x):
 
 
 def fmt_mb(x):
-    return "-" if x is None else f"{x / 2**20:8.1f}M"
+    if x is None:
+        return "-"
+    return f"{x / 2**20:8.1f}M" if x >= 2**20 else f"{x / 1024:8.1f}K"
 
 
 def best(runs: list[dict]) -> dict:
