@@ -7,6 +7,8 @@
 
 pub mod methods;
 pub mod params;
+pub mod plan;
+pub mod recipe;
 pub mod rng;
 
 pub use params::{Params, Scalar};
