@@ -3,9 +3,9 @@ pub mod checkpoint;
 pub mod io;
 pub mod safetensors;
 pub mod sharded;
-pub use checkpoint::{Checkpoint, ModelFiles, OutputDir};
+pub use checkpoint::{Checkpoint, INDEX_FILE, ModelFiles, OutputDir, SINGLE_FILE};
 #[cfg(not(target_arch = "wasm32"))]
 pub use checkpoint::{DirFiles, DirOutput};
 pub use io::{ByteSink, ByteSource, IoError, MemSink, MemSource};
 pub use safetensors::{FormatError, Header, TensorInfo, Writer, python_order, read_header, read_tensor, read_tensor_bytes};
-pub use sharded::{ShardedLayout, ShardedWriter, parse_size, shard_plan};
+pub use sharded::{DEFAULT_SHARD_SIZE, ShardFile, ShardedLayout, ShardedWriter, index_json, parse_size, shard_file_name, shard_plan};
