@@ -12,7 +12,8 @@ if [[ $profile == release ]]; then
 else
   cargo build -p crucible --lib --target wasm32-unknown-unknown
 fi
-wasm=target/wasm32-unknown-unknown/$profile/crucible.wasm
+dir=$profile; [[ $profile == dev ]] && dir=debug
+wasm=target/wasm32-unknown-unknown/$dir/crucible.wasm
 
 echo "[build-wasm] wasm-bindgen --target web → web/pkg"
 rm -rf web/pkg

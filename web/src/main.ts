@@ -42,8 +42,8 @@ function modelRefs(t: Tree): string[] {
   const add = (v: Json | undefined) => {
     if (typeof v === 'string' && v && !out.includes(v)) out.push(v);
   };
-  if (Array.isArray(t.models)) for (const m of t.models) if (isObj(m)) add(m.model);
   add(t.base_model);
+  if (Array.isArray(t.models)) for (const m of t.models) if (isObj(m)) add(m.model);
   if (Array.isArray(t.slices))
     for (const s of t.slices) if (isObj(s) && Array.isArray(s.sources)) for (const src of s.sources) if (isObj(src)) add(src.model);
   return out;
@@ -429,7 +429,8 @@ function renderForm() {
     if (!modelsArray().length) pm.append(el('p', { class: 'hint' }, 'Add models to set their parameters.'));
   }
   if (m && !Array.isArray(tree.slices)) {
-    const n = modelsArray().length;
+    // With a base model the bounds count the other models; otherwise every input.
+    const n = modelsArray().filter((e) => m.base === 'ignored' || e.model !== tree.base_model).length;
     if (n < m.min_models) note.textContent = `${m.name} needs at least ${m.min_models} models in the list.`;
     else if (m.max_models !== null && n > m.max_models) note.textContent = `${m.name} takes at most ${m.max_models} models.`;
   }
