@@ -13,7 +13,8 @@
 //! out = (Σ α_i n_i) · u
 //! ```
 //! Precision (0.1.5): norms are f32 scalars; the unit vectors, the mean and the tangent are
-//! tensors of the input dtype D (a 0-dim f32 scalar times a D tensor stays D), so every tensor
+//! tensors of the input dtype D (a 0-dim f32 scalar times a D tensor stays D, and torch rounds
+//! that scalar to D before multiplying; dividing by it uses the f32 value), so every tensor
 //! op is emulated with `DType::round`; `torch.dot` accumulates in f32 and rounds once. For f32
 //! inputs this is the f32 evaluation mergekit does (acos near 1 makes it differ from an f64
 //! evaluation by up to ~4e-4 on nearly colinear tensors; we follow f32).
@@ -89,7 +90,9 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
         if (tn as f64) < tol {
             break;
         }
-        let (c, s) = (libm::cosf(tn), libm::sinf(tn));
+        // a 0-dim f32 tensor times a D tensor: torch casts the scalar to D first
+        // (checked: bf16 · f32-scalar-tensor == bf16 · bf16(scalar)); division keeps it in f32
+        let (c, s) = (r(libm::cosf(tn)), r(libm::sinf(tn)));
         for (m, &t) in mean.iter_mut().zip(&tangent) {
             *m = r(r(c * *m) + r(s * r(t / tn)));
         }
@@ -102,6 +105,7 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
     }
     // scale = Σ α_i n_i over all inputs: Python float times 0-dim f32 tensors
     let scale = alphas.iter().zip(&norms).fold(0.0f32, |s, (&a, &nm)| s + (a as f32) * nm);
+    let scale = r(scale);
     Ok(mean.iter().map(|&m| r(scale * m)).collect())
 }
 

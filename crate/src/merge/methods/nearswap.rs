@@ -22,7 +22,8 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
         .map(|(&a, &b)| {
             let absdiff = r((a - b).abs());
             let clamped = r(if absdiff < floor { floor } else { absdiff });
-            let w = r(t / clamped).clamp(0.0, 1.0);
+            // `t / tensor` with a Python float is `tensor.reciprocal() * t` in torch: two ops
+            let w = r(r(1.0 / clamped) * t).clamp(0.0, 1.0);
             r(r(w * b) + r(r(1.0 - w) * a))
         })
         .collect())
