@@ -1,5 +1,189 @@
-//! The native CLI.
+//! The native CLI. `crucible merge RECIPE.yml OUT_DIR` mirrors mergekit 0.1.5's `mergekit-yaml`
+//! (reference: `mergekit/scripts/run_yaml.py`, `mergekit/options.py`): the same recipe format,
+//! the same output files, `--out-shard-size` with K/M/B suffixes. The engine is the library's
+//! `merge::run::run_merge`, the same code the browser runs.
+
 #[cfg(not(target_arch = "wasm32"))]
-fn main() {}
+mod cli {
+    use std::io::{IsTerminal, Write};
+    use std::path::{Path, PathBuf};
+    use std::process::ExitCode;
+    use std::time::Instant;
+
+    use clap::{Parser, Subcommand};
+    use crucible::formats::io::IoError;
+    use crucible::formats::sharded::parse_size;
+    use crucible::formats::{DirFiles, DirOutput, ModelFiles};
+    use crucible::merge::recipe::Recipe;
+    use crucible::merge::run::{MergeOptions, Progress, run_merge};
+
+    #[derive(Parser)]
+    #[command(
+        name = "crucible",
+        version,
+        about = "Merge small language models (mergekit-compatible recipes), natively or in the browser.",
+        long_about = "Crucible merges language-model checkpoints (safetensors) with mergekit 0.1.5 semantics: the same YAML \
+recipes, the same methods and the same output files. Tensors are streamed one at a time, so memory stays a small multiple \
+of the largest tensor. The same engine runs in the browser (see README.md, `npm start`)."
+    )]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(Subcommand)]
+    enum Command {
+        /// Merge the models of a mergekit YAML recipe into OUT_DIR (like `mergekit-yaml RECIPE OUT_DIR`).
+        #[command(long_about = "Merge the models of a mergekit YAML recipe into OUT_DIR, like `mergekit-yaml RECIPE OUT_DIR`.\n\n\
+Model references in the recipe are local directories holding `model.safetensors` (or shards with \
+`model.safetensors.index.json`) and `config.json`; each is looked up relative to the current directory, then \
+relative to the recipe file's directory.\n\n\
+Writes `model.safetensors` (or `model-0000k-of-0000n.safetensors` shards and `model.safetensors.index.json`), \
+`config.json` (from the base model, else the first model; `num_hidden_layers` updated for `slices:`), the tokenizer \
+files of the base model (or of `tokenizer_source`) and `mergekit_config.yml` (the recipe as run). On any error, \
+nothing that looks complete is left in OUT_DIR.\n\n\
+Methods: linear, slerp, nuslerp, multislerp, karcher, task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, \
+breadcrumbs_ties, della, della_linear, model_stock, nearswap, sce, arcee_fusion, passthrough.")]
+        Merge {
+            /// The mergekit YAML recipe.
+            recipe: PathBuf,
+            /// Output directory (created if missing).
+            out_dir: PathBuf,
+            /// Seed of the random methods (dare_*, della*). The same seed gives the same bytes here and in the browser.
+            #[arg(long, default_value_t = 0)]
+            seed: u64,
+            /// Maximum bytes of tensor data per output file: a number with an optional K, M or B suffix (x1000, x10^6, x10^9). Default 5B, like mergekit.
+            #[arg(long, value_name = "SIZE", value_parser = parse_shard_size)]
+            out_shard_size: Option<u64>,
+            /// Print only errors (no progress, no summary).
+            #[arg(long, short)]
+            quiet: bool,
+        },
+    }
+
+    fn parse_shard_size(s: &str) -> Result<u64, String> {
+        match parse_size(s) {
+            Ok(0) => Err("the shard size must be greater than 0".into()),
+            Ok(n) => Ok(n),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// A model reference → a directory: relative to the current directory first, then to the
+    /// recipe's directory.
+    fn resolve_model(reference: &str, recipe_dir: &Path) -> Result<PathBuf, IoError> {
+        let direct = PathBuf::from(reference);
+        if direct.is_dir() {
+            return Ok(direct);
+        }
+        let beside = recipe_dir.join(reference);
+        if beside.is_dir() {
+            return Ok(beside);
+        }
+        Err(IoError::new(
+            reference,
+            format!(
+                "no such model directory (looked for {} and {}); model references must be local directories",
+                direct.display(),
+                beside.display()
+            ),
+        ))
+    }
+
+    fn human_bytes(n: u64) -> String {
+        const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+        let mut v = n as f64;
+        let mut u = 0;
+        while v >= 1000.0 && u + 1 < UNITS.len() {
+            v /= 1000.0;
+            u += 1;
+        }
+        if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    }
+
+    fn merge(recipe_path: &Path, out_dir: &Path, seed: u64, out_shard_size: Option<u64>, quiet: bool) -> Result<String, String> {
+        let started = Instant::now();
+        let text = std::fs::read_to_string(recipe_path).map_err(|e| format!("{}: {e}", recipe_path.display()))?;
+        let recipe = Recipe::from_yaml(&text).map_err(|e| format!("{}: {e}", recipe_path.display()))?;
+        let recipe_dir = recipe_path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let recipe_dir = if recipe_dir.as_os_str().is_empty() { PathBuf::from(".") } else { recipe_dir };
+
+        let mut open_model = |reference: &str| -> Result<Box<dyn ModelFiles>, IoError> {
+            let dir = resolve_model(reference, &recipe_dir)?;
+            Ok(Box::new(DirFiles::new(dir)))
+        };
+        let existed = out_dir.exists();
+        let mut out = DirOutput::new(out_dir);
+        let tty = std::io::stderr().is_terminal();
+        let mut last_pct = usize::MAX;
+        let mut on_progress = |p: &Progress| {
+            if quiet {
+                return;
+            }
+            let pct = if p.total_bytes > 0 { (p.done_bytes * 100 / p.total_bytes) as usize } else { 100 };
+            if tty {
+                let mut e = std::io::stderr();
+                let _ = write!(e, "\r\x1b[2K[{:>5}/{:<5}] {pct:>3}%  {}", p.done_tensors, p.total_tensors, p.tensor);
+                let _ = e.flush();
+            } else if pct / 10 != last_pct / 10 || p.done_tensors == p.total_tensors {
+                // Without a terminal: one line per 10%.
+                eprintln!("[{:>5}/{:<5}] {pct:>3}%  {}", p.done_tensors, p.total_tensors, p.tensor);
+            }
+            last_pct = pct;
+        };
+        let mut opts = MergeOptions { seed, out_shard_size, progress: Some(&mut on_progress), cancelled: None };
+        let result = run_merge(&recipe, &mut open_model, &mut out, &mut opts);
+        if tty && !quiet {
+            eprint!("\r\x1b[2K");
+        }
+        match result {
+            Ok(report) => Ok(format!(
+                "merged {} tensors ({} parameters, {} layers, {}) with {} in {:.2}s; wrote {} to {}: {}",
+                report.tensors,
+                report.parameters,
+                report.num_hidden_layers,
+                report.architecture,
+                recipe.merge_method.name(),
+                started.elapsed().as_secs_f64(),
+                human_bytes(report.bytes_written),
+                out_dir.display(),
+                report.files.join(", ")
+            )),
+            Err(e) => {
+                // Unfinished outputs were removed by their sinks; remove the directory too if this
+                // run created it and it is now empty.
+                if !existed {
+                    let _ = std::fs::remove_dir(out_dir);
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    pub fn main() -> ExitCode {
+        let cli = Cli::parse();
+        match cli.command {
+            Command::Merge { recipe, out_dir, seed, out_shard_size, quiet } => match merge(&recipe, &out_dir, seed, out_shard_size, quiet) {
+                Ok(summary) => {
+                    if !quiet {
+                        eprintln!("{summary}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("crucible merge: error: {message}");
+                    ExitCode::FAILURE
+                }
+            },
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
+
+/// The wasm build of the package has no command line; the browser uses the library (`wasm.rs`).
 #[cfg(target_arch = "wasm32")]
 fn main() {}

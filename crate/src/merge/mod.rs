@@ -10,6 +10,7 @@ pub mod params;
 pub mod plan;
 pub mod recipe;
 pub mod rng;
+pub mod run;
 
 pub use params::{Params, Scalar};
 

@@ -604,8 +604,9 @@ impl Recipe {
         serde_yaml_ng::to_string(&raw).unwrap_or_else(|e| format!("# could not serialize the recipe: {e}\n"))
     }
 
-    /// Every model the recipe references, in order of first appearance (inputs first, then the
-    /// base model, then a tokenizer source model). Duplicates removed.
+    /// Every model the recipe merges, in order of first appearance (inputs first, then the base
+    /// model). Duplicates removed. Like mergekit's `referenced_models`, a `tokenizer_source` model
+    /// that is not an input is not included.
     pub fn referenced_models(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let mut add = |m: &str| {
@@ -626,9 +627,6 @@ impl Recipe {
         }
         if let Some(b) = &self.base_model {
             add(b);
-        }
-        if let Some(TokenizerSource::Model(m)) = &self.tokenizer_source {
-            add(m);
         }
         out
     }
