@@ -66,6 +66,7 @@ fn weighted_sum_matches_reference() {
 fn rmsnorm_matches_reference() {
     let ctx = ctx();
     pollster::block_on(rmsnorm_cases(&ctx));
+    pollster::block_on(rmsnorm_2d_grid(&ctx));
 }
 
 #[test]
@@ -95,7 +96,7 @@ fn weighted_sum_beyond_one_binding_and_one_grid_dimension() {
     // One model: 67 MB fits one binding, but ⌈n / 256⌉ = 65 537 workgroups need the 2-D grid.
     assert_eq!(crucible::ops::weighted_sum::chunk_capacity(&ctx, 1, n, None), n.min(
         (ctx.max_binding_bytes() / 4) as usize));
-    pollster::block_on(check_weighted_sum(&ctx, n, &[0.3], false, None));
+    pollster::block_on(weighted_sum_2d_grid(&ctx));
     // Three models: 201 MB > lavapipe's 128 MiB binding, so at least 2 chunks.
     let c = crucible::ops::weighted_sum::chunk_capacity(&ctx, 3, n, None);
     println!("3 models: chunk capacity {c} elements per model → {} chunks", n.div_ceil(c));

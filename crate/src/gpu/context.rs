@@ -108,8 +108,12 @@ impl GpuContext {
             });
         }
         let max_pool_bytes = (device.limits().max_buffer_size).min(512 << 20);
+        let mut adapter_info = device.adapter_info();
+        if adapter_info.name.is_empty() {
+            adapter_info.name = browser_adapter_name(&device);
+        }
         GpuContext {
-            adapter_info: device.adapter_info(),
+            adapter_info,
             limits: device.limits(),
             features: device.features(),
             device,
@@ -390,6 +394,28 @@ impl GpuContext {
     pub fn trim_pool(&self) {
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).trim();
     }
+}
+
+/// Browsers leave GPUAdapterInfo.description empty (wgpu's `name`); vendor and architecture are
+/// what Chrome exposes ("google swiftshader").
+#[cfg(target_arch = "wasm32")]
+fn browser_adapter_name(device: &wgpu::Device) -> String {
+    match device.as_webgpu() {
+        Some(d) => {
+            let i = d.adapter_info();
+            [i.vendor(), i.architecture(), i.device(), i.description()]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+        None => String::new(),
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn browser_adapter_name(_device: &wgpu::Device) -> String {
+    String::new()
 }
 
 fn no_adapter_hint(err: &str) -> String {

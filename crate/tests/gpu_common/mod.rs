@@ -106,5 +106,17 @@ pub async fn rmsnorm_cases(ctx: &GpuContext) {
     check_rmsnorm(ctx, 5, 576, None).await; // SmolLM2 hidden size
     check_rmsnorm(ctx, 2, 4096 + 5, None).await;
     check_rmsnorm(ctx, 17, 300, Some(4)).await; // split path: 5 chunks of ≤ 4 rows
-    check_rmsnorm(ctx, 70_000, 3, None).await; // more rows than one grid dimension holds
+}
+
+/// More than 65535 workgroups: the 2-D grid. One model of 65535·256 + 340 floats (67 MB, one
+/// binding everywhere) needs ⌈n / 256⌉ = 65 537 workgroups.
+pub async fn weighted_sum_2d_grid(ctx: &GpuContext) {
+    check_weighted_sum(ctx, 65_535 * 256 + 340, &[0.3], false, None).await;
+}
+
+/// More rows than one grid dimension holds. Slow on SwiftShader (≈ 50 s: workgroup barriers are
+/// costly there), so only the native tests run it; the browser covers the 2-D grid with
+/// [`weighted_sum_2d_grid`].
+pub async fn rmsnorm_2d_grid(ctx: &GpuContext) {
+    check_rmsnorm(ctx, 70_000, 3, None).await;
 }
