@@ -23,17 +23,7 @@ use crate::formats::checkpoint::{ModelFiles, OutputDir};
 use crate::formats::{ByteSink, ByteSource, IoError};
 use crate::merge::methods::Method;
 use crate::merge::recipe::{Recipe, RecipeError};
-// TEMPORARY until crate/src/merge/run.rs lands (helper C): restore this import and the call below.
-// use crate::merge::run::{run_merge, MergeOptions, Progress};
-use tmp_run::{run_merge, MergeOptions, Progress};
-mod tmp_run {
-    use super::*;
-    pub struct Progress { pub done_tensors: usize, pub total_tensors: usize, pub done_bytes: u64, pub total_bytes: u64, pub tensor: String }
-    pub struct MergeOptions<'a> { pub seed: u64, pub out_shard_size: Option<u64>, pub progress: Option<&'a mut dyn FnMut(&Progress)>, pub cancelled: Option<&'a dyn Fn() -> bool> }
-    pub fn run_merge(_: &Recipe, _: &mut dyn FnMut(&str) -> Result<Box<dyn ModelFiles>, IoError>, _: &mut dyn OutputDir, _: &mut MergeOptions) -> Result<(), String> {
-        Err("the merge engine (merge::run) is not in this build yet".into())
-    }
-}
+use crate::merge::run::{run_merge, MergeOptions, Progress};
 
 /// Runs once when the module is instantiated.
 #[wasm_bindgen(start)]
@@ -139,10 +129,16 @@ pub fn merge(
         let _ = Reflect::set(&o, &"tensor".into(), &p.tensor.as_str().into());
         let _ = on_progress.call1(&JsValue::NULL, &o);
     };
-    let mut out = JsOutputDir { on_output: on_output.clone(), written: Vec::new() };
+    let mut out = JsOutputDir { on_output: on_output.clone() };
     let mut opts = MergeOptions { seed, out_shard_size, progress: Some(&mut on_progress_cb), cancelled: None };
-    run_merge(&recipe, &mut open_model, &mut out, &mut opts).map_err(|e| JsError::new(&e.to_string()))?;
-    Ok(serde_json::json!({ "files": out.written }).to_string())
+    let report = run_merge(&recipe, &mut open_model, &mut out, &mut opts).map_err(|e| JsError::new(&e.to_string()))?;
+    Ok(serde_json::json!({
+        "files": report.files,
+        "tensors": report.tensors,
+        "parameters": report.parameters,
+        "bytes_written": report.bytes_written,
+    })
+    .to_string())
 }
 
 /// `files` argument of `merge` → model name → its files.
@@ -268,14 +264,11 @@ impl ByteSource for BlobSource {
 /// Output files handed to JS chunk by chunk.
 struct JsOutputDir {
     on_output: Function,
-    /// Every file created, in order.
-    written: Vec<String>,
 }
 
 impl OutputDir for JsOutputDir {
     fn create(&mut self, file: &str) -> Result<Box<dyn ByteSink>, IoError> {
         call_output(&self.on_output, "create", file, &JsValue::UNDEFINED).map_err(|e| IoError::new(file, e))?;
-        self.written.push(file.to_string());
         Ok(Box::new(JsSink { name: file.to_string(), on_output: self.on_output.clone(), buf: Vec::new(), bytes: 0, done: false }))
     }
 }

@@ -546,7 +546,8 @@ function onWorkerMessage(m: FromWorker) {
     bar.value = m.total_bytes > 0 ? m.done_bytes / m.total_bytes : m.total_tensors > 0 ? m.done_tensors / m.total_tensors : 0;
     $('progress-text').textContent = `${m.done_tensors} / ${m.total_tensors} tensors · ${formatBytes(m.done_bytes)} of ${formatBytes(m.total_bytes)} · ${m.tensor}`;
   } else if (m.type === 'done') {
-    finishRun('ok', `Done in ${(m.ms / 1000).toFixed(2)} s.`);
+    const r = m.report;
+    finishRun('ok', `Done in ${(m.ms / 1000).toFixed(2)} s: ${r.tensors} tensors, ${r.parameters.toLocaleString('en-US')} parameters, ${formatBytes(r.bytes_written)} written.`);
     showResults(m.files);
   } else if (m.type === 'error') {
     finishRun('error', m.message);

@@ -14,7 +14,7 @@ export type ToWorker = {
 export type FromWorker =
   | { type: 'ready' }
   | { type: 'progress'; done_tensors: number; total_tensors: number; done_bytes: number; total_bytes: number; tensor: string }
-  | { type: 'done'; files: { name: string; blob: Blob }[]; ms: number }
+  | { type: 'done'; files: { name: string; blob: Blob }[]; ms: number; report: { tensors: number; parameters: number; bytes_written: number } }
   | { type: 'error'; message: string };
 
 const ctx = globalThis as unknown as {
@@ -37,7 +37,7 @@ ctx.addEventListener('message', async (e) => {
   const done: { name: string; blob: Blob }[] = [];
   const t0 = performance.now();
   try {
-    merge(
+    const report = JSON.parse(merge(
       msg.yaml,
       msg.files,
       msg.seed,
@@ -52,8 +52,8 @@ ctx.addEventListener('message', async (e) => {
           parts.delete(file);
         } else if (kind === 'abort') parts.delete(file);
       },
-    );
-    ctx.postMessage({ type: 'done', files: done, ms: performance.now() - t0 });
+    ));
+    ctx.postMessage({ type: 'done', files: done, ms: performance.now() - t0, report });
   } catch (err) {
     ctx.postMessage({ type: 'error', message: err instanceof Error ? err.message : String(err) });
   }
