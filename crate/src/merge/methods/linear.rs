@@ -6,7 +6,8 @@
 //! Precision (0.1.5): weights are cast to f32; `acc = 0; acc.addcmul_(x_i, w_i)` in input order
 //! in f32 (torch's CPU kernel fuses it: one rounding per step, as `fmaf`); then
 //! `acc / Σw` (f32 sum of the f32 weights); the result is cast to the input dtype by the caller.
-//! There is no guard for Σw = 0 (mergekit gives inf/NaN too).
+//! Deviation: mergekit has no guard for Σw = 0 with `normalize` and writes inf/NaN; we return
+//! `MergeError::BadParameter` for `weight` instead of a broken model.
 //!
 //! Shapes: every input `[*shape]`, output `[*shape]`.
 
@@ -30,6 +31,12 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
     }
     if normalize {
         let denom = weights.iter().fold(0.0f32, |s, &w| s + w);
+        if denom == 0.0 {
+            return Err(ctx.bad_param(
+                "weight",
+                "the weights sum to 0 with normalize: true (mergekit would divide by zero and write inf/NaN); set normalize: false or change the weights",
+            ));
+        }
         for a in acc.iter_mut() {
             *a /= denom;
         }
@@ -86,6 +93,16 @@ mod tests {
             .model(&[1.0], &[("weight", f(1.0))])
             .global(&[("normalize", b(false))]);
         assert_eq!(o.run(Method::Linear).unwrap(), vec![258.0]);
+    }
+
+    #[test]
+    fn zero_weight_sum_with_normalize_is_an_error() {
+        let o = Owned::new(&[1]).model(&[1.0], &[("weight", f(1.0))]).model(&[2.0], &[("weight", f(-1.0))]);
+        let e = o.run(Method::Linear).unwrap_err();
+        assert!(matches!(&e, crate::merge::MergeError::BadParameter { param, .. } if param == "weight"), "{e}");
+        // without normalize it is a plain weighted sum: 1 − 2 = −1
+        let o = o.global(&[("normalize", b(false))]);
+        assert_eq!(o.run(Method::Linear).unwrap(), vec![-1.0]);
     }
 
     proptest! {

@@ -14,6 +14,8 @@
 mod arcee_fusion;
 mod karcher;
 mod linear;
+#[cfg(test)]
+mod mergekit_oracle_tests;
 mod model_stock;
 mod multislerp;
 mod nearswap;

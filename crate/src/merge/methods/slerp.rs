@@ -65,7 +65,6 @@ pub(crate) fn slerp(t: f32, a: &[f32], b: &[f32]) -> Vec<f32> {
 mod tests {
     use super::super::test_util::*;
     use super::super::Method;
-    use super::*;
     use proptest::prelude::*;
 
     #[test]

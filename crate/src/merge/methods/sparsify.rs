@@ -23,10 +23,11 @@
 use super::{for_each_line, sum_f32};
 use crate::tensor::DType;
 
-/// A sparsifier's complaint about its parameters or input; the caller names tensor and model.
+/// A sparsifier's complaint about its parameters (`param: Some`) or about the tensor itself
+/// (`param: None`); the caller names tensor and model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SparsifyError {
-    pub param: &'static str,
+    pub param: Option<&'static str>,
     pub message: String,
 }
 
@@ -75,7 +76,7 @@ fn masked(d: &[f32], keep: impl Fn(usize) -> bool) -> Vec<f32> {
 /// TIES trim: keep the `k = max(1, int(ρ·n))` largest |d|; ρ ≤ 0 gives zeros, ρ ≥ 1 is a no-op.
 pub fn magnitude(d: &[f32], density: f64, rescale: bool, dt: DType) -> Result<Vec<f32>, SparsifyError> {
     if density.is_nan() {
-        return Err(SparsifyError { param: "density", message: "must be a number, got NaN".into() });
+        return Err(SparsifyError { param: Some("density"), message: "must be a number, got NaN".into() });
     }
     if density >= 1.0 {
         return Ok(d.to_vec());
@@ -108,10 +109,10 @@ pub fn magnitude(d: &[f32], density: f64, rescale: bool, dt: DType) -> Result<Ve
 /// `n_bot = max(0, n − target − n_top)`. ρ ≥ 1 is a no-op.
 pub fn magnitude_outliers(d: &[f32], density: f64, gamma: f64, rescale: bool, dt: DType) -> Result<Vec<f32>, SparsifyError> {
     if density.is_nan() {
-        return Err(SparsifyError { param: "density", message: "must be a number, got NaN".into() });
+        return Err(SparsifyError { param: Some("density"), message: "must be a number, got NaN".into() });
     }
     if !gamma.is_finite() {
-        return Err(SparsifyError { param: "gamma", message: format!("must be a finite number, got {gamma}") });
+        return Err(SparsifyError { param: Some("gamma"), message: format!("must be a finite number, got {gamma}") });
     }
     if density >= 1.0 {
         return Ok(d.to_vec());
@@ -150,7 +151,7 @@ pub fn bernoulli(
         return Ok(d.to_vec());
     }
     if !(density >= 0.0) {
-        return Err(SparsifyError { param: "density", message: format!("must be in [0, 1] for random drop, got {density}") });
+        return Err(SparsifyError { param: Some("density"), message: format!("must be in [0, 1] for random drop, got {density}") });
     }
     let w = bernoulli_work_dtype(dt);
     let p = w.round(density as f32);
@@ -178,7 +179,7 @@ pub fn della_magprune(
     draw: &mut dyn FnMut(usize, &dyn Fn(usize) -> f32) -> Vec<bool>,
 ) -> Result<Vec<f32>, SparsifyError> {
     if density.is_nan() {
-        return Err(SparsifyError { param: "density", message: "must be a number, got NaN".into() });
+        return Err(SparsifyError { param: Some("density"), message: "must be a number, got NaN".into() });
     }
     if density >= 1.0 {
         return Ok(d.to_vec());
@@ -188,7 +189,7 @@ pub fn della_magprune(
     }
     if !(density + epsilon < 1.0 && density - epsilon > 0.0) {
         return Err(SparsifyError {
-            param: "epsilon",
+            param: Some("epsilon"),
             message: format!("must be chosen such that density ± epsilon is in (0, 1); got density {density}, epsilon {epsilon}"),
         });
     }
@@ -197,7 +198,7 @@ pub fn della_magprune(
     let line_shape: Vec<usize> = if shape.len() < 2 { vec![1, d.len()] } else { shape.to_vec() };
     if line_shape[1] < 2 {
         return Err(SparsifyError {
-            param: "density",
+            param: None,
             message: format!(
                 "della needs at least 2 elements along axis 1 to rank magnitudes (shape {shape:?}); mergekit would produce NaN probabilities"
             ),
@@ -307,7 +308,7 @@ mod tests {
         }
         // invalid ρ ± ε
         let e = della_magprune(&d, &[5], 0.5, 0.5, true, DType::F32, &mut seeded(0, 0)).unwrap_err();
-        assert_eq!(e.param, "epsilon");
+        assert_eq!(e.param, Some("epsilon"));
         // a row of one element cannot be ranked
         assert!(della_magprune(&[1.0, 2.0], &[2, 1], 0.5, 0.1, true, DType::F32, &mut seeded(0, 0)).is_err());
         // 2-D: lines along axis 1 (rows)

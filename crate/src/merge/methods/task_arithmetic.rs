@@ -86,10 +86,13 @@ pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness) -> Result<Vec<f32>, Mer
     for p in &params {
         let x = ctx.data(p.index);
         let delta: Vec<f32> = x.iter().zip(base).map(|(&a, &b)| r(a - b)).collect();
-        let named = |e: SparsifyError| MergeError::BadParameter {
-            tensor: ctx.tensor().to_string(),
-            param: e.param.to_string(),
-            message: format!("for model {}: {}", ctx.model_name(p.index), e.message),
+        let named = |e: SparsifyError| match e.param {
+            Some(param) => MergeError::BadParameter {
+                tensor: ctx.tensor().to_string(),
+                param: param.to_string(),
+                message: format!("for model {}: {}", ctx.model_name(p.index), e.message),
+            },
+            None => ctx.bad_inputs(format!("model {}: {}", ctx.model_name(p.index), e.message)),
         };
         let mut draw = |n: usize, prob: &dyn Fn(usize) -> f32| rng.keep_mask(ctx.tensor(), p.index, n, prob);
         let mut delta = match sparsifier {
@@ -264,6 +267,9 @@ mod tests {
         let e = o.run(Method::Della).unwrap_err();
         assert!(matches!(&e, MergeError::BadParameter { param, .. } if param == "epsilon"), "{e}");
         assert!(e.to_string().contains("m1"), "{e}");
+        // rows of one element cannot be ranked (torch.bernoulli would reject NaN probabilities)
+        let o = Owned::new(&[2, 1]).base_model(&[0.0; 2]).model(&[1.0, -2.0], &[("weight", f(1.0)), ("density", f(0.5))]);
+        assert!(matches!(o.run(Method::Della), Err(MergeError::BadInputs { .. })));
     }
 
     #[test]
