@@ -70,6 +70,35 @@ fn rmsnorm_matches_reference() {
 }
 
 #[test]
+fn matmul_matches_reference() {
+    let ctx = ctx();
+    pollster::block_on(matmul_cases(&ctx));
+}
+
+/// Prints end-to-end throughput (upload + dispatch + readback) of the f32 matmul: a figure for
+/// the report, not an assertion.
+#[test]
+fn matmul_throughput_report() {
+    let ctx = ctx();
+    let (m, n, k) = (256, 1536, 576);
+    let a = data(1, m * k, 1.0);
+    let b = data(2, n * k, 1.0);
+    let p = crucible::ops::matmul::MatmulParams { m, n, k };
+    for run in 0..3 {
+        let t = std::time::Instant::now();
+        let c = pollster::block_on(crucible::ops::matmul::matmul(&ctx, &a, &b, &p)).unwrap();
+        let s = t.elapsed().as_secs_f64();
+        assert_eq!(c.len(), m * n);
+        println!(
+            "matmul ({m}×{k})·({n}×{k})ᵀ run {run}: {:.1} ms, {:.2} GFLOP/s end to end on {}",
+            s * 1e3,
+            2.0 * (m * n * k) as f64 / s / 1e9,
+            ctx.adapter_info.name
+        );
+    }
+}
+
+#[test]
 fn split_paths_follow_the_device_binding_limit() {
     // 64 KiB bindings: 3 models × 100 003 floats need 19 chunks of 5461 elements per model;
     // 40 rows of 1000 floats need 3 chunks of 16 rows.

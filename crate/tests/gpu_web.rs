@@ -51,6 +51,12 @@ async fn rmsnorm_matches_reference() {
 }
 
 #[wasm_bindgen_test]
+async fn matmul_matches_reference() {
+    let ctx = ctx().await;
+    matmul_cases(&ctx).await;
+}
+
+#[wasm_bindgen_test]
 async fn buffer_pool_reuses_buffers_across_calls() {
     let ctx = ctx().await;
     check_weighted_sum(&ctx, 3000, &[1.0, 1.0], true, None).await;

@@ -4,6 +4,7 @@
 //! plain slices that the GPU result is tested against (crate/tests/gpu_native.rs natively on
 //! lavapipe, crate/tests/gpu_web.rs in Chromium).
 
+pub mod matmul;
 pub mod rmsnorm;
 pub mod weighted_sum;
 

@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use crucible::gpu::GpuContext;
-use crucible::ops::{rmsnorm, weighted_sum};
+use crucible::ops::{matmul, rmsnorm, weighted_sum};
 
 /// f32 machine epsilon (2⁻²³).
 pub const EPS: f64 = f32::EPSILON as f64;
@@ -119,4 +119,40 @@ pub async fn weighted_sum_2d_grid(ctx: &GpuContext) {
 /// [`weighted_sum_2d_grid`].
 pub async fn rmsnorm_2d_grid(ctx: &GpuContext) {
     check_rmsnorm(ctx, 70_000, 3, None).await;
+}
+
+/// matmul C = A · Bᵀ with A: (M, K), B: (N, K), against the reference.
+pub async fn check_matmul(ctx: &GpuContext, m: usize, n: usize, k: usize) {
+    let a = data(5 + (m * 7 + k) as u64, m * k, 1.0);
+    let b = data(11 + (n * 13 + k) as u64, n * k, 1.0);
+    let p = matmul::MatmulParams { m, n, k };
+    let gpu = matmul::matmul(ctx, &a, &b, &p)
+        .await
+        .unwrap_or_else(|e| panic!("matmul (M={m}, N={n}, K={k}) failed on the GPU: {e}"));
+    let cpu = matmul::reference(&a, &b, &p).unwrap();
+    assert_eq!(gpu.len(), m * n, "matmul (M={m}, N={n}, K={k}): output length");
+    for i in 0..m {
+        for j in 0..n {
+            let s: f64 = (0..k).map(|t| (a[i * k + t] as f64 * b[j * k + t] as f64).abs()).sum();
+            // Tolerance: both sum in k order; each step may round (or fuse) differently on
+            // either side: |diff| ≤ 2·K·ε·Σ_k |A[i,k]·B[j,k]| (the classic γ_K bound, doubled).
+            let tol = 2.0 * k as f64 * EPS * s + 1e-30;
+            let (g, c) = (gpu[i * n + j], cpu[i * n + j]);
+            let diff = (g as f64 - c as f64).abs();
+            assert!(
+                diff <= tol,
+                "matmul (M={m}, N={n}, K={k}) at C[{i}, {j}]: gpu {g} cpu {c} |diff| {diff:e} > tol {tol:e}"
+            );
+        }
+    }
+}
+
+/// Odd shapes (partial tiles in every direction, K not a multiple of 16) and a Linear-layer
+/// shape of SmolLM2 (a few tokens through the 576 → 1536 up-projection).
+pub async fn matmul_cases(ctx: &GpuContext) {
+    check_matmul(ctx, 1, 1, 1).await;
+    check_matmul(ctx, 3, 5, 7).await;
+    check_matmul(ctx, 64, 64, 16).await;
+    check_matmul(ctx, 65, 130, 33).await;
+    check_matmul(ctx, 7, 1536, 576).await;
 }
