@@ -53,15 +53,19 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
             imp[j] = r(diff * kl);
         }
     });
-    let mut sorted = imp.clone();
-    sorted.sort_unstable_by(|a, b| match (a.is_nan(), b.is_nan()) {
+    // sorted(imp)[k] for the three quantile positions, by selection (NaN sorts last as in torch)
+    let cmp = |a: &f32, b: &f32| match (a.is_nan(), b.is_nan()) {
         (true, true) => std::cmp::Ordering::Equal,
         (true, false) => std::cmp::Ordering::Greater,
         (false, true) => std::cmp::Ordering::Less,
         _ => a.partial_cmp(b).unwrap(),
-    });
+    };
+    let mut work = imp.clone();
     let last = (n - 1) as f32;
-    let q = |f: f32| sorted[((f * last) as usize).min(n - 1)];
+    let mut q = |f: f32| {
+        let k = ((f * last) as usize).min(n - 1);
+        *work.select_nth_unstable_by(k, cmp).1
+    };
     let (q1, median, q3) = (q(0.25), q(0.5), q(0.75));
     let threshold = r(median + r(1.5 * r(q3 - q1)));
     Ok((0..n)

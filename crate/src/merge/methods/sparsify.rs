@@ -45,14 +45,6 @@ pub fn rescale_l1(orig: &[f32], masked: &mut [f32], w: DType) {
     }
 }
 
-/// Indices of `d` ordered by |d| ascending, NaN last, ties by index: a total order, so the
-/// result is deterministic.
-fn order_by_magnitude(d: &[f32], idx: &mut Vec<usize>) {
-    idx.clear();
-    idx.extend(0..d.len());
-    idx.sort_unstable_by(|&a, &b| d[a].abs().total_cmp(&d[b].abs()).then(a.cmp(&b)));
-}
-
 /// Python `int(x)` for a finite float: truncation toward zero.
 fn py_int(x: f64) -> i64 {
     x.trunc() as i64
@@ -121,10 +113,20 @@ pub fn magnitude_outliers(d: &[f32], density: f64, gamma: f64, rescale: bool, dt
     let target = py_int(density * n as f64);
     let n_top = py_int(gamma * n as f64);
     let n_bot = (n as i64 - target - n_top).max(0);
-    let mut idx = Vec::new();
-    order_by_magnitude(d, &mut idx);
+    // The elements at sorted positions [s, e) of the total order (|d| asc, NaN last, index
+    // asc), found with two selections instead of a full sort.
+    let range = py_slice(n, n_bot, n_bot + target);
+    let asc = |&a: &usize, &b: &usize| d[a].abs().total_cmp(&d[b].abs()).then(a.cmp(&b));
+    let mut idx: Vec<usize> = (0..n).collect();
+    if range.start > 0 && range.start < n {
+        idx.select_nth_unstable_by(range.start, asc);
+    }
+    let len = range.end - range.start;
+    if len > 0 && len < n - range.start {
+        idx[range.start..].select_nth_unstable_by(len, asc);
+    }
     let mut keep = vec![false; n];
-    for &j in &idx[py_slice(n, n_bot, n_bot + target)] {
+    for &j in &idx[range] {
         keep[j] = true;
     }
     let mut out = masked(d, |j| keep[j]);
@@ -200,7 +202,7 @@ pub fn della_magprune(
         return Err(SparsifyError {
             param: None,
             message: format!(
-                "della needs at least 2 elements along axis 1 to rank magnitudes (shape {shape:?}); mergekit would produce NaN probabilities"
+                "della needs at least 2 elements along axis 1 to rank magnitudes (shape {shape:?}); mergekit fails here too: NaN keep probabilities"
             ),
         });
     }
@@ -280,6 +282,26 @@ mod tests {
         let out = magnitude_outliers(&d, 0.9, 0.2, false, DType::F32).unwrap();
         let want: Vec<f32> = d.iter().map(|&x| if x.abs() <= 9.0 { x } else { 0.0 }).collect();
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn breadcrumbs_selection_equals_full_sort() {
+        // many equal magnitudes: the kept set must be exactly sorted positions [n_bot, n_bot+target)
+        // of the stable order (|d| asc, index asc)
+        let d: Vec<f32> = (0..200).map(|i| ((i * 7) % 13) as f32 * if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        for (rho, gamma) in [(0.3, 0.1), (0.5, 0.0), (0.05, 0.5), (0.9, 0.2)] {
+            let out = magnitude_outliers(&d, rho, gamma, false, DType::F32).unwrap();
+            let mut order: Vec<usize> = (0..d.len()).collect();
+            order.sort_by(|&a, &b| d[a].abs().total_cmp(&d[b].abs()).then(a.cmp(&b)));
+            let n = d.len() as i64;
+            let target = (rho * n as f64) as i64;
+            let n_bot = (n - target - (gamma * n as f64) as i64).max(0) as usize;
+            let mut want = vec![0.0f32; d.len()];
+            for &j in &order[n_bot..n_bot + target as usize] {
+                want[j] = d[j];
+            }
+            assert_eq!(out, want, "rho {rho} gamma {gamma}");
+        }
     }
 
     #[test]
