@@ -181,10 +181,10 @@ describe('Merge tab', () => {
   }
 
   it('cancel mid-merge says cancelled and downloads nothing', async () => {
-    // Two models large enough that the merge takes a while: 48 tensors of 512×2048 f32 (4 MiB each).
+    // Two models large enough that the merge takes a while (della: seconds): 24 tensors of 512×2048 f32 (4 MiB each).
     const big = (dir, seed) => {
       mkdirSync(dir, { recursive: true });
-      const n = 48, shape = [512, 2048], bytes = shape[0] * shape[1] * 4;
+      const n = 24, shape = [512, 2048], bytes = shape[0] * shape[1] * 4;
       const header = { __metadata__: { format: 'pt' } };
       for (let i = 0; i < n; i++) header[`model.layers.${i}.mlp.up_proj.weight`] = { dtype: 'F32', shape, data_offsets: [i * bytes, (i + 1) * bytes] };
       let json = JSON.stringify(header);
