@@ -40,7 +40,8 @@ pub(crate) struct BufferPool {
 pub fn size_class(bytes: u64, limit: u64) -> u64 {
     let b = bytes.max(4).div_ceil(256) * 256;
     let p = b.next_power_of_two();
-    let step = (p / 8).max(256);
+    // b lies in (p/2, p]: 8 classes across that octave, each p/16 wide, so slack ≤ b/8.
+    let step = (p / 16).max(256);
     let c = b.div_ceil(step) * step;
     if c > limit { (bytes.div_ceil(4) * 4).min(limit).max(bytes) } else { c }
 }
@@ -151,8 +152,8 @@ mod tests {
         assert_eq!(size_class(256, u64::MAX), 256);
         assert_eq!(size_class(257, u64::MAX), 512);
         assert_eq!(size_class(4096, u64::MAX), 4096);
-        // 4097 → next power 8192, step 1024 → 5120
-        assert_eq!(size_class(4097, u64::MAX), 5120);
+        // 4097 → 4352 (256-aligned), next power 8192, step 512 → 4608
+        assert_eq!(size_class(4097, u64::MAX), 4608);
         for bytes in [1000u64, 12_345, 1 << 20, (1 << 20) + 1, 100_000_000] {
             let c = size_class(bytes, u64::MAX);
             assert!(c >= bytes && (c - bytes) as f64 <= 0.125 * bytes as f64 + 256.0, "{bytes} → {c}");
