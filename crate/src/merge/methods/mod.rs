@@ -283,6 +283,8 @@ impl Method {
 
 /// Merge one output tensor. Returns the merged values as f32, already rounded to
 /// `inputs.dtype` the way mergekit 0.1.5 returns them; the caller encodes them to the output dtype.
+/// Exception: `arcee_fusion` returns mergekit's f32 result unrounded (mergekit's result tensor
+/// is f32 for every input dtype; encoding it to `inputs.dtype` gives the rounded values).
 ///
 /// Random methods (dare_*, della*) draw their keep masks from `rng`, keyed by
 /// (tensor name, index of the model in `inputs.models`).

@@ -42,7 +42,7 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
             let var: Vec<f32> = (0..n)
                 .map(|j| {
                     let mean = tvs.iter().map(|t| t[j] as f64).sum::<f64>() / models as f64;
-                    let v = tvs.iter().map(|t| (t[j] as f64 - mean).powi(2)).sum::<f64>() / models as f64;
+                    let v = tvs.iter().map(|t| (t[j] as f64 - mean) * (t[j] as f64 - mean)).sum::<f64>() / models as f64;
                     r(v as f32)
                 })
                 .collect();

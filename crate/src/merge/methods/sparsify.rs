@@ -45,16 +45,17 @@ pub fn rescale_l1(orig: &[f32], masked: &mut [f32], w: DType) {
     }
 }
 
-/// Python `int(x)` for a finite float: truncation toward zero.
-fn py_int(x: f64) -> i64 {
-    x.trunc() as i64
+/// Python `int(x)` for a finite float: truncation toward zero (saturating far outside the
+/// range any tensor size can reach; i128 keeps the later arithmetic overflow-free).
+fn py_int(x: f64) -> i128 {
+    x.trunc().clamp(-1e30, 1e30) as i128
 }
 
 /// The element range of Python's `seq[start:end]` on a sequence of `len` elements.
-fn py_slice(len: usize, start: i64, end: i64) -> std::ops::Range<usize> {
-    let clip = |i: i64| -> usize {
-        let i = if i < 0 { i + len as i64 } else { i };
-        i.clamp(0, len as i64) as usize
+fn py_slice(len: usize, start: i128, end: i128) -> std::ops::Range<usize> {
+    let clip = |i: i128| -> usize {
+        let i = if i < 0 { i + len as i128 } else { i };
+        i.clamp(0, len as i128) as usize
     };
     let (s, e) = (clip(start), clip(end));
     s..e.max(s)
@@ -112,7 +113,7 @@ pub fn magnitude_outliers(d: &[f32], density: f64, gamma: f64, rescale: bool, dt
     let n = d.len();
     let target = py_int(density * n as f64);
     let n_top = py_int(gamma * n as f64);
-    let n_bot = (n as i64 - target - n_top).max(0);
+    let n_bot = (n as i128 - target - n_top).max(0);
     // The elements at sorted positions [s, e) of the total order (|d| asc, NaN last, index
     // asc), found with two selections instead of a full sort.
     let range = py_slice(n, n_bot, n_bot + target);
@@ -310,6 +311,9 @@ mod tests {
         assert_eq!(py_slice(10, 3, 20), 3..10);
         assert_eq!(py_slice(10, 3, -1), 3..9);
         assert_eq!(py_slice(10, 8, 3), 8..8);
+        // absurd parameters saturate instead of overflowing
+        let d = [1.0f32, 2.0, 3.0];
+        assert_eq!(magnitude_outliers(&d, -1e300, 1e300, false, DType::F32).unwrap(), vec![0.0; 3]);
     }
 
     #[test]
