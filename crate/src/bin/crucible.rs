@@ -120,7 +120,7 @@ breadcrumbs_ties, della, della_linear, model_stock, nearswap, sce, arcee_fusion,
             if quiet {
                 return;
             }
-            let pct = if p.total_bytes > 0 { (p.done_bytes * 100 / p.total_bytes) as usize } else { 100 };
+            let pct = (p.done_bytes * 100).checked_div(p.total_bytes).unwrap_or(100) as usize;
             if tty {
                 let mut e = std::io::stderr();
                 let _ = write!(e, "\r\x1b[2K[{:>5}/{:<5}] {pct:>3}%  {}", p.done_tensors, p.total_tensors, p.tensor);

@@ -256,10 +256,10 @@ fn scopes<'r>(recipe: &'r Recipe, slice: &SliceRef<'r>, model: Option<&str>) -> 
     let mut out = Vec::new();
     if let Some(m) = model {
         for s in &slice.sources {
-            if s.model == m {
-                if let Some(p) = s.parameters {
-                    out.push(p);
-                }
+            if s.model == m
+                && let Some(p) = s.parameters
+            {
+                out.push(p);
             }
         }
     }
@@ -473,11 +473,11 @@ pub fn build_plan(recipe: &Recipe, models: &[ModelSummary]) -> Result<Plan, Plan
                 let n = num_layers_of(find(&m.model)?)?;
                 sources.push(SourceRef { model: &m.model, start: 0, end: n, parameters: Some(&m.parameters) });
             }
-            if let Some(b) = &recipe.base_model {
-                if !ms.iter().any(|m| &m.model == b) {
-                    let n = num_layers_of(find(b)?)?;
-                    sources.push(SourceRef { model: b, start: 0, end: n, parameters: None });
-                }
+            if let Some(b) = &recipe.base_model
+                && !ms.iter().any(|m| &m.model == b)
+            {
+                let n = num_layers_of(find(b)?)?;
+                sources.push(SourceRef { model: b, start: 0, end: n, parameters: None });
             }
             vec![SliceRef { sources, base_model: None, parameters: None }]
         }
@@ -506,10 +506,10 @@ pub fn build_plan(recipe: &Recipe, models: &[ModelSummary]) -> Result<Plan, Plan
         let base = s.base_model.or(recipe.base_model.as_deref());
         if info.base != BaseUse::Ignored {
             let has_base = base.is_some_and(|b| s.sources.iter().any(|src| src.model == b));
-            if let Some(b) = base {
-                if !has_base {
-                    return Err(PlanError::Layout(format!("{label}: base model {b} is not one of the merge inputs; add it as a source")));
-                }
+            if let Some(b) = base
+                && !has_base
+            {
+                return Err(PlanError::Layout(format!("{label}: base model {b} is not one of the merge inputs; add it as a source")));
             }
             if info.base == BaseUse::Required && !has_base {
                 return Err(PlanError::Layout(format!("{label}: merge method {} requires a base_model", method.name())));
@@ -790,7 +790,7 @@ mod tests {
         assert_eq!(t.inputs.iter().map(|i| i.model.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(t.base, Some(2));
         // NON_BASE parameters are not resolved for the base model.
-        assert!(t.inputs[2].params.get("weight").is_none());
+        assert!(!t.inputs[2].params.contains_key("weight"));
         assert_eq!(f(t.inputs[1].params.get("weight")), 0.25);
     }
 
@@ -835,7 +835,7 @@ mod tests {
         assert_eq!(get(&p, "model.norm.weight").inputs[0].model, "b");
         assert_eq!(get(&p, "lm_head.weight").inputs[0].model, "b");
         // passthrough scale is optional: no default value when unset
-        assert!(get(&p, "model.layers.0.mlp.up_proj.weight").inputs[0].params.get("scale").is_none());
+        assert!(!get(&p, "model.layers.0.mlp.up_proj.weight").inputs[0].params.contains_key("scale"));
     }
 
     #[test]

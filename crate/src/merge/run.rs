@@ -111,8 +111,13 @@ pub const TOKENIZER_FILES: [&str; 10] = [
 /// The recipe file written next to the output, as mergekit does.
 pub const RECIPE_FILE: &str = "mergekit_config.yml";
 
+/// How `run_merge` opens a model reference (a native directory, the page's `File`s).
+pub type OpenModel<'a> = dyn FnMut(&str) -> Result<Box<dyn ModelFiles>, IoError> + 'a;
+
 /// Run a merge with the seeded portable RNG (`SeededRandomness::new(opts.seed)`).
-pub fn run_merge(recipe: &Recipe, open_model: &mut dyn FnMut(&str) -> Result<Box<dyn ModelFiles>, IoError>, out: &mut dyn OutputDir, opts: &mut MergeOptions) -> Result<MergeReport, RunError> {
+// RunError is large (it carries names and shapes for its messages); it is built once per failed merge.
+#[allow(clippy::result_large_err)]
+pub fn run_merge(recipe: &Recipe, open_model: &mut OpenModel, out: &mut dyn OutputDir, opts: &mut MergeOptions) -> Result<MergeReport, RunError> {
     let mut rng = SeededRandomness::new(opts.seed);
     run_merge_with(recipe, open_model, out, opts, &mut rng)
 }
@@ -194,9 +199,10 @@ pub fn save_order(plan: &Plan) -> Vec<usize> {
 }
 
 /// `run_merge` with a caller-supplied source of random masks (tests inject recorded masks).
+#[allow(clippy::result_large_err)]
 pub fn run_merge_with(
     recipe: &Recipe,
-    open_model: &mut dyn FnMut(&str) -> Result<Box<dyn ModelFiles>, IoError>,
+    open_model: &mut OpenModel,
     out: &mut dyn OutputDir,
     opts: &mut MergeOptions,
     rng: &mut dyn Randomness,
@@ -251,7 +257,7 @@ pub fn run_merge_with(
                 let got = checkpoints[i].read_file(f).map_err(|source| RunError::Checkpoint { model: tok_donor.clone(), source })?;
                 push_tok(f, got);
             }
-            if !checkpoints[i].read_file("tokenizer.json").map_err(|source| RunError::Checkpoint { model: tok_donor.clone(), source })?.is_some() {
+            if checkpoints[i].read_file("tokenizer.json").map_err(|source| RunError::Checkpoint { model: tok_donor.clone(), source })?.is_none() {
                 let got = checkpoints[i].read_file("vocab.json").map_err(|source| RunError::Checkpoint { model: tok_donor.clone(), source })?;
                 push_tok("vocab.json", got);
             }
