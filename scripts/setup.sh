@@ -31,6 +31,9 @@ if [[ $want_test == 1 ]]; then
   fi
 fi
 
+command -v node >/dev/null || { echo "Node.js not found: install Node.js 20.19+ or 22.12+ (with npm) first" >&2; exit 1; }
+node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 22 || (a === 22 && b >= 12) || (a === 20 && b >= 19) ? 0 : 1)' ||
+  { echo "Node.js $(node --version) is too old for Vite: install 20.19+ or 22.12+" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then

@@ -23,13 +23,25 @@ stage() {
 }
 
 stage "native tests (cargo test --workspace)" cargo test --workspace
-stage "wasm tests in headless Chromium" \
-  env CHROMEDRIVER=/usr/bin/chromedriver cargo test -p crucible --target wasm32-unknown-unknown
+# The browser test files are the crate/tests/*.rs that are wasm32-only (`#![cfg(target_arch = "wasm32")]`);
+# the other tests (property tests, CLI tests) are native by design.
+wasm_tests=()
+for f in crate/tests/*.rs; do
+  if grep -q '^#!\[cfg(target_arch = "wasm32")\]' "$f"; then wasm_tests+=(--test "$(basename "$f" .rs)"); fi
+done
+if (( ${#wasm_tests[@]} )); then
+  stage "wasm tests in headless Chromium (${wasm_tests[*]})" \
+    env CHROMEDRIVER=/usr/bin/chromedriver cargo test -p crucible --target wasm32-unknown-unknown "${wasm_tests[@]}"
+else
+  echo "no wasm test files found in crate/tests/" >&2
+  failed+=("wasm tests (none found)")
+fi
 
 build_page() {
   bash scripts/build-wasm.sh && node_modules/.bin/vite build --logLevel warn
 }
 stage "build: wasm + page (dist/)" build_page
+stage "typecheck: the page's TypeScript (tsc --noEmit)" node_modules/.bin/tsc --noEmit -p tsconfig.json
 stage "build: native CLI (target/debug/crucible)" cargo build -p crucible --bin crucible
 stage "end-to-end tests (Playwright + Chromium)" node tests/e2e/run.mjs
 
