@@ -257,6 +257,46 @@ def timed(cmd: list[str] | str, cwd: Path, env=None, shell=False) -> dict:
     return {"ok": True, "wall_s": wall, "peak_rss": peak, "stdout": text}
 
 
+COMPARE = r"""
+import sys, torch
+from pathlib import Path
+from safetensors.torch import load_file
+def load(d):
+    out = {}
+    for f in sorted(Path(d).glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+a, b = load(sys.argv[1]), load(sys.argv[2])
+if set(a) != set(b):
+    print(f"tensor names differ: only crucible {sorted(set(a) - set(b))[:3]}, only mergekit {sorted(set(b) - set(a))[:3]}")
+    sys.exit(0)
+diff = n = 0
+worst = 0.0
+for k in a:
+    x, y = a[k], b[k]
+    if x.dtype != y.dtype or x.shape != y.shape:
+        print(f"{k}: {x.dtype}{list(x.shape)} vs {y.dtype}{list(y.shape)}")
+        sys.exit(0)
+    n += x.numel()
+    if x.dtype in (torch.bfloat16, torch.float16):
+        ne = (x.view(torch.int16) != y.view(torch.int16))
+    else:
+        ne = (x.view(torch.int32) != y.view(torch.int32))
+    diff += int(ne.sum())
+    worst = max(worst, float((x.float() - y.float()).abs().max()))
+print(f"{len(a)} tensors, {n:,} elements, {diff:,} differ in bits ({100.0 * diff / max(n, 1):.4f}%), max abs diff {worst:.3g}")
+"""
+
+
+def compare_outputs(ours: Path, theirs: Path, method: str) -> str:
+    py = os.environ.get("BENCH_COMPARE_PYTHON") or ("/opt/mkvenv/bin/python" if os.path.exists("/opt/mkvenv/bin/python") else sys.executable)
+    r = subprocess.run([py, "-c", COMPARE, str(ours), str(theirs)], capture_output=True, text=True)
+    text = (r.stdout.strip() or r.stderr.strip()[-300:])
+    if method.startswith("dare") or method.startswith("della"):
+        text += " (random masks: torch's RNG vs Crucible's, values are expected to differ)"
+    return text
+
+
 def find_mergekit() -> str | None:
     for c in (os.environ.get("MERGEKIT_YAML"), "/opt/mkvenv/bin/mergekit-yaml", shutil.which("mergekit-yaml")):
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
@@ -297,12 +337,16 @@ def main():
     ap = argparse.ArgumentParser(description="Crucible CLI vs mergekit-yaml merge benchmark")
     ap.add_argument("--sizes", default="tiny,smol")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--repeat", type=int, default=1, help="runs per tool and case (best wall time)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="runs per tool and case, best wall time kept (default: 3 for tiny, 1 for smol)")
     ap.add_argument("--crucible", default=str(ROOT / "target" / "release" / "crucible"))
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build --release")
     ap.add_argument("--no-mergekit", action="store_true")
     ap.add_argument("--wasm-cmd", default=os.environ.get("CRUCIBLE_BENCH_WASM_CMD"))
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--check", action="store_true",
+                    help="compare Crucible's output with mergekit's tensor by tensor (needs torch + safetensors, "
+                         "e.g. /opt/mkvenv/bin/python; dare_* draw different random masks, so only their shape/dtype match)")
     args = ap.parse_args()
 
     sizes = [s for s in args.sizes.split(",") if s]
@@ -340,7 +384,7 @@ def main():
                    "largest_tensor_f32_bytes": lbytes}
             for tool in ("crucible", "mergekit", "wasm"):
                 runs = []
-                for _ in range(args.repeat):
+                for _ in range(args.repeat or (3 if size == "tiny" else 1)):
                     out = outroot / f"{size}_{m}_{tool}"
                     shutil.rmtree(out, ignore_errors=True)
                     if tool == "crucible":
@@ -358,7 +402,6 @@ def main():
                                 r = {"ok": False, "error": f"wasm-cmd output not JSON: {e}", "wall_s": None}
                     else:
                         break
-                    shutil.rmtree(out, ignore_errors=True)
                     runs.append(r)
                     if not r["ok"]:
                         print(f"  {size}/{m}/{tool} FAILED: {r['error']}", flush=True)
@@ -366,6 +409,11 @@ def main():
                 if runs:
                     b = best(runs)
                     row[tool] = {k: b.get(k) for k in ("ok", "wall_s", "peak_rss", "error") if k in b}
+            if args.check and row.get("crucible", {}).get("ok") and row.get("mergekit", {}).get("ok"):
+                row["parity"] = compare_outputs(outroot / f"{size}_{m}_crucible", outroot / f"{size}_{m}_mergekit", m)
+                print(f"  {size:5} {m:10} parity: {row['parity']}", flush=True)
+            for tool in ("crucible", "mergekit", "wasm"):
+                shutil.rmtree(outroot / f"{size}_{m}_{tool}", ignore_errors=True)
             results.append(row)
             c, k = row.get("crucible", {}), row.get("mergekit", {})
             print(f"  {size:5} {m:10} crucible {fmt_s(c.get('wall_s'))} {fmt_mb(c.get('peak_rss'))}   "
