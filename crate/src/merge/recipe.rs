@@ -283,6 +283,9 @@ impl FilterEntry {
                     };
                     value = Some(s);
                 }
+                Some("pattern") => {
+                    return Err("`pattern:` in a filter entry is an old spelling: mergekit 0.1.5 ignores it, so the entry would match every tensor; write `filter:`".into());
+                }
                 _ => return Err(format!("unknown key {} in a filter entry (expected `filter` and `value`)", describe_key(k))),
             }
         }
@@ -738,6 +741,8 @@ mod tests {
         assert!(e.contains("exactly one of `models` or `slices`"), "{e}");
         let e = Recipe::from_yaml("merge_method: linear\nmodels: [{model: a}]\nparamters: {weight: 1}\n").unwrap_err().to_string();
         assert!(e.contains("paramters") && e.contains("line 3"), "{e}");
+        let e = Recipe::from_yaml("merge_method: slerp\nmodels: [{model: a}]\nparameters:\n  t:\n    - pattern: self_attn\n      value: 0.5\n").unwrap_err().to_string();
+        assert!(e.contains("`pattern:`") && e.contains("`filter:`") && e.contains("line 5"), "{e}");
         let e = Recipe::from_yaml("merge_method: linear\nmodels: [{model: a}]\ndtype: int8\n").unwrap_err().to_string();
         assert!(e.contains("int8"), "{e}");
         let e = Recipe::from_yaml("merge_method: passthrough\nslices:\n  - sources:\n      - {model: a, layer_range: [0, 2]}\n      - {model: b, layer_range: [0, 3]}\n").unwrap_err().to_string();
