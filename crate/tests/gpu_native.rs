@@ -75,6 +75,12 @@ fn matmul_matches_reference() {
     pollster::block_on(matmul_cases(&ctx));
 }
 
+#[test]
+fn ops_chain_on_gpu_resident_buffers() {
+    let ctx = ctx();
+    pollster::block_on(chained_rmsnorm_matmul(&ctx));
+}
+
 /// Prints end-to-end throughput (upload + dispatch + readback) of the f32 matmul: a figure for
 /// the report, not an assertion.
 #[test]

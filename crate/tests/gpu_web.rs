@@ -57,6 +57,12 @@ async fn matmul_matches_reference() {
 }
 
 #[wasm_bindgen_test]
+async fn ops_chain_on_gpu_resident_buffers() {
+    let ctx = ctx().await;
+    chained_rmsnorm_matmul(&ctx).await;
+}
+
+#[wasm_bindgen_test]
 async fn buffer_pool_reuses_buffers_across_calls() {
     let ctx = ctx().await;
     check_weighted_sum(&ctx, 3000, &[1.0, 1.0], true, None).await;

@@ -312,19 +312,16 @@ impl GpuContext {
         Ok(buf)
     }
 
-    /// A uniform buffer holding one `Meta` struct.
-    pub fn uniform<T: bytemuck::Pod>(
-        &self,
-        label: &'static str,
-        meta: &T,
-    ) -> Result<PooledBuffer, GpuError> {
-        let buf = self.buffer(
-            label,
-            std::mem::size_of::<T>() as u64,
-            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        )?;
-        self.queue.write_buffer(&buf, 0, bytemuck::bytes_of(meta));
-        Ok(buf)
+    /// A uniform buffer holding one `Meta` struct, filled at creation. Not pooled on purpose:
+    /// each dispatch gets its own immutable parameters, kept alive by its bind group until the
+    /// GPU is done, so several dispatches can be recorded into one encoder before a submit.
+    pub fn meta_uniform<T: bytemuck::Pod>(&self, label: &str, meta: &T) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::bytes_of(meta),
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
     }
 
     /// Reads `len` f32 values starting at byte `offset` of `src` (which needs `COPY_SRC`):

@@ -102,7 +102,11 @@ impl BufferPool {
 }
 
 /// A buffer on loan from the pool; derefs to [`wgpu::Buffer`]. Its size is the size class, which
-/// may exceed the requested size: bind `buffer.slice(..)`/ranges by the length you need.
+/// may exceed the requested size: bind ranges of the length you need ([`PooledBuffer::binding`]).
+///
+/// Drop it only after the commands that use it have been *submitted*: the next borrower may
+/// `queue.write_buffer` into it, and such a write lands before any later submit, so a buffer
+/// returned while still referenced by an unsubmitted encoder could be overwritten under it.
 pub struct PooledBuffer {
     buffer: wgpu::Buffer,
     key: Key,

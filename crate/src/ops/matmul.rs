@@ -73,6 +73,32 @@ pub fn reference(a: &[f32], b: &[f32], p: &MatmulParams) -> Result<Vec<f32>, OpE
     Ok(c)
 }
 
+/// Records one C = A · Bᵀ dispatch on GPU-resident buffers into `enc` (nothing is submitted).
+/// a: (meta.m, meta.k), b: (meta.n, meta.k), c: (meta.m, meta.n), all f32 row-major.
+pub fn encode(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    meta: &Meta,
+    a: wgpu::BufferBinding<'_>,
+    b: wgpu::BufferBinding<'_>,
+    c: wgpu::BufferBinding<'_>,
+) -> Result<(), OpError> {
+    let max = ctx.limits.max_compute_workgroups_per_dimension;
+    let (gx, gy) = ((meta.n as u64).div_ceil(TILE as u64), (meta.m as u64).div_ceil(TILE as u64));
+    if gx > max as u64 || gy > max as u64 {
+        return Err(OpError::Gpu {
+            op: KERNEL,
+            source: GpuError::DispatchTooLarge { kernel: KERNEL.into(), groups: gx.max(gy), max },
+        });
+    }
+    let pipeline = ctx.pipeline(KERNEL, WGSL).op(KERNEL)?;
+    let meta_buf = ctx.meta_uniform("matmul.meta", meta);
+    let bind =
+        ctx.bind_group("matmul.bind", &pipeline, &[meta_buf.as_entire_buffer_binding(), a, b, c]);
+    encode_pass(enc, KERNEL, &pipeline, &bind, (gx as u32, gy as u32));
+    Ok(())
+}
+
 /// C = A · Bᵀ on the GPU (upload, one dispatch, readback).
 pub async fn matmul(
     ctx: &GpuContext,
@@ -88,15 +114,6 @@ pub async fn matmul(
     if k == 0 {
         return Ok(vec![0.0; m * n]);
     }
-    let max = ctx.limits.max_compute_workgroups_per_dimension;
-    let (gx, gy) = ((n as u64).div_ceil(TILE as u64), (m as u64).div_ceil(TILE as u64));
-    if gx > max as u64 || gy > max as u64 {
-        return Err(OpError::Gpu {
-            op: KERNEL,
-            source: GpuError::DispatchTooLarge { kernel: KERNEL.into(), groups: gx.max(gy), max },
-        });
-    }
-    let pipeline = ctx.pipeline(KERNEL, WGSL).op(KERNEL)?;
     let a_buf = ctx.upload_f32("matmul.a", a).op(KERNEL)?;
     let b_buf = ctx.upload_f32("matmul.b", b).op(KERNEL)?;
     let c_bytes = (m * n * 4) as u64;
@@ -108,21 +125,17 @@ pub async fn matmul(
         )
         .op(KERNEL)?;
     let meta = Meta { m: m as u32, n: n as u32, k: k as u32, _pad: 0 };
-    let meta_buf = ctx.uniform("matmul.meta", &meta).op(KERNEL)?;
-    let bind = ctx.bind_group(
-        "matmul.bind",
-        &pipeline,
-        &[
-            meta_buf.binding(std::mem::size_of::<Meta>() as u64),
-            a_buf.binding((m * k * 4) as u64),
-            b_buf.binding((n * k * 4) as u64),
-            c_buf.binding(c_bytes),
-        ],
-    );
     let mut enc = ctx
         .device
         .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(KERNEL) });
-    encode_pass(&mut enc, KERNEL, &pipeline, &bind, (gx as u32, gy as u32));
+    encode(
+        ctx,
+        &mut enc,
+        &meta,
+        a_buf.binding((m * k * 4) as u64),
+        b_buf.binding((n * k * 4) as u64),
+        c_buf.binding(c_bytes),
+    )?;
     ctx.queue.submit([enc.finish()]);
     ctx.read_f32("matmul.c readback", &c_buf, 0, m * n).await.op(KERNEL)
 }

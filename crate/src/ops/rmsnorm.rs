@@ -71,6 +71,28 @@ pub fn reference(x: &[f32], w: &[f32], p: &RmsNormParams) -> Result<Vec<f32>, Op
     Ok(y)
 }
 
+/// Records one RMSNorm dispatch on GPU-resident buffers into `enc` (nothing is submitted).
+/// x: (meta.rows, meta.d), w: (meta.d), y: (meta.rows, meta.d), all f32.
+pub fn encode(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    meta: &Meta,
+    x: wgpu::BufferBinding<'_>,
+    w: wgpu::BufferBinding<'_>,
+    y: wgpu::BufferBinding<'_>,
+) -> Result<(), OpError> {
+    if meta.d == 0 {
+        return Err(OpError::shape(KERNEL, "row length d = 0"));
+    }
+    let pipeline = ctx.pipeline(KERNEL, WGSL).op(KERNEL)?;
+    let meta_buf = ctx.meta_uniform("rmsnorm.meta", meta);
+    let bind =
+        ctx.bind_group("rmsnorm.bind", &pipeline, &[meta_buf.as_entire_buffer_binding(), x, w, y]);
+    let grid = ctx.grid(KERNEL, meta.rows as u64).op(KERNEL)?;
+    encode_pass(enc, KERNEL, &pipeline, &bind, grid);
+    Ok(())
+}
+
 /// RMSNorm on the GPU. x: (T, d), w: (d) → y: (T, d).
 pub async fn rmsnorm(
     ctx: &GpuContext,
@@ -94,7 +116,6 @@ pub async fn rmsnorm(
     if let Some(cap) = p.max_chunk_rows {
         rows_per_chunk = rows_per_chunk.min(cap.max(1));
     }
-    let pipeline = ctx.pipeline(KERNEL, WGSL).op(KERNEL)?;
     let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
     let chunk_bytes = rows_per_chunk as u64 * row_bytes;
     let w_buf = ctx.upload_f32("rmsnorm.w", w).op(KERNEL)?;
@@ -110,22 +131,17 @@ pub async fn rmsnorm(
         let len = rows * d;
         ctx.queue.write_buffer(&x_buf, 0, bytemuck::cast_slice(&x[row0 * d..row0 * d + len]));
         let meta = Meta { rows: rows as u32, d: d as u32, eps: p.eps, _pad: 0 };
-        let meta_buf = ctx.uniform("rmsnorm.meta", &meta).op(KERNEL)?;
-        let bind = ctx.bind_group(
-            "rmsnorm.bind",
-            &pipeline,
-            &[
-                meta_buf.binding(std::mem::size_of::<Meta>() as u64),
-                x_buf.binding(len as u64 * 4),
-                w_buf.binding(row_bytes),
-                y_buf.binding(len as u64 * 4),
-            ],
-        );
-        let grid = ctx.grid(KERNEL, rows as u64).op(KERNEL)?;
         let mut enc = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(KERNEL) });
-        encode_pass(&mut enc, KERNEL, &pipeline, &bind, grid);
+        encode(
+            ctx,
+            &mut enc,
+            &meta,
+            x_buf.binding(len as u64 * 4),
+            w_buf.binding(row_bytes),
+            y_buf.binding(len as u64 * 4),
+        )?;
         ctx.queue.submit([enc.finish()]);
         let part = ctx.read_f32("rmsnorm.y readback", &y_buf, 0, len).await.op(KERNEL)?;
         y.extend_from_slice(&part);

@@ -109,6 +109,35 @@ pub fn chunk_capacity(ctx: &GpuContext, m: usize, n: usize, max_chunk_elems: Opt
     c.max(1)
 }
 
+/// Records one weighted-sum dispatch on GPU-resident buffers into `enc` (nothing is submitted).
+/// w: (M) f32, x: (M, meta.stride) f32 with model m's `meta.n` elements at m·stride,
+/// out: (meta.n) f32. Bindings may be ranges of larger (pooled) buffers.
+pub fn encode(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    meta: &Meta,
+    w: wgpu::BufferBinding<'_>,
+    x: wgpu::BufferBinding<'_>,
+    out: wgpu::BufferBinding<'_>,
+) -> Result<(), OpError> {
+    if meta.n > meta.stride && meta.m > 1 {
+        return Err(OpError::shape(
+            KERNEL,
+            format!("chunk of n = {} elements exceeds the stride {}", meta.n, meta.stride),
+        ));
+    }
+    let pipeline = ctx.pipeline(KERNEL, WGSL).op(KERNEL)?;
+    let meta_buf = ctx.meta_uniform("weighted_sum.meta", meta);
+    let bind = ctx.bind_group(
+        "weighted_sum.bind",
+        &pipeline,
+        &[meta_buf.as_entire_buffer_binding(), w, x, out],
+    );
+    let grid = ctx.grid(KERNEL, (meta.n as u64).div_ceil(WORKGROUP_SIZE as u64)).op(KERNEL)?;
+    encode_pass(enc, KERNEL, &pipeline, &bind, grid);
+    Ok(())
+}
+
 /// Runs the weighted sum on the GPU: uploads each chunk of the M inputs, dispatches, reads back.
 /// Returns N values; the same as [`reference`] to a few ulps (see the module docs).
 pub async fn weighted_sum(
@@ -122,7 +151,6 @@ pub async fn weighted_sum(
         return Ok(Vec::new());
     }
     let c = chunk_capacity(ctx, m, n, params.max_chunk_elems);
-    let pipeline = ctx.pipeline(KERNEL, WGSL).op(KERNEL)?;
     let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
     let w_buf = ctx.upload_f32("weighted_sum.w", w).op(KERNEL)?;
     let x_buf = ctx.buffer("weighted_sum.x", (m * c * 4) as u64, storage).op(KERNEL)?;
@@ -146,22 +174,17 @@ pub async fn weighted_sum(
             wsum,
             _pad: [0; 3],
         };
-        let meta_buf = ctx.uniform("weighted_sum.meta", &meta).op(KERNEL)?;
-        let bind = ctx.bind_group(
-            "weighted_sum.bind",
-            &pipeline,
-            &[
-                meta_buf.binding(std::mem::size_of::<Meta>() as u64),
-                w_buf.binding((m * 4) as u64),
-                x_buf.binding((m * c * 4) as u64),
-                out_buf.binding((len * 4) as u64),
-            ],
-        );
-        let grid = ctx.grid(KERNEL, (len as u64).div_ceil(WORKGROUP_SIZE as u64)).op(KERNEL)?;
         let mut enc = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(KERNEL) });
-        encode_pass(&mut enc, KERNEL, &pipeline, &bind, grid);
+        encode(
+            ctx,
+            &mut enc,
+            &meta,
+            w_buf.binding((m * 4) as u64),
+            x_buf.binding((m * c * 4) as u64),
+            out_buf.binding((len * 4) as u64),
+        )?;
         ctx.queue.submit([enc.finish()]);
         let part = ctx.read_f32("weighted_sum.out readback", &out_buf, 0, len).await.op(KERNEL)?;
         out.extend_from_slice(&part);

@@ -156,3 +156,63 @@ pub async fn matmul_cases(ctx: &GpuContext) {
     check_matmul(ctx, 65, 130, 33).await;
     check_matmul(ctx, 7, 1536, 576).await;
 }
+
+/// GPU-resident chaining, as a forward pass does it: RMSNorm then a Linear projection recorded
+/// into ONE encoder through the ops' `encode` functions, one submit, one readback.
+/// x: (T, d) → h = rmsnorm(x) · w_norm: (T, d) → y = h · Wᵀ: (T, N).
+pub async fn chained_rmsnorm_matmul(ctx: &GpuContext) {
+    let (t, d, n) = (5usize, 576usize, 100usize);
+    let x = data(21, t * d, 2.0);
+    let w_norm = data(22, d, 1.0);
+    let w = data(23, n * d, 0.5);
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    let x_buf = ctx.upload_f32("chain.x", &x).unwrap();
+    let wn_buf = ctx.upload_f32("chain.w_norm", &w_norm).unwrap();
+    let w_buf = ctx.upload_f32("chain.w", &w).unwrap();
+    let h_buf = ctx.buffer("chain.h", (t * d * 4) as u64, usage).unwrap();
+    let y_buf = ctx.buffer("chain.y", (t * n * 4) as u64, usage).unwrap();
+    let mut enc = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("chain") });
+    let norm_meta = rmsnorm::Meta { rows: t as u32, d: d as u32, eps: 1e-5, _pad: 0 };
+    rmsnorm::encode(
+        ctx,
+        &mut enc,
+        &norm_meta,
+        x_buf.binding((t * d * 4) as u64),
+        wn_buf.binding((d * 4) as u64),
+        h_buf.binding((t * d * 4) as u64),
+    )
+    .unwrap();
+    let mm_meta = matmul::Meta { m: t as u32, n: n as u32, k: d as u32, _pad: 0 };
+    matmul::encode(
+        ctx,
+        &mut enc,
+        &mm_meta,
+        h_buf.binding((t * d * 4) as u64),
+        w_buf.binding((n * d * 4) as u64),
+        y_buf.binding((t * n * 4) as u64),
+    )
+    .unwrap();
+    ctx.queue.submit([enc.finish()]);
+    let y = ctx.read_f32("chain.y readback", &y_buf, 0, t * n).await.unwrap();
+
+    let p = rmsnorm::RmsNormParams { d, eps: 1e-5, max_chunk_rows: None };
+    let h = rmsnorm::reference(&x, &w_norm, &p).unwrap();
+    let y_ref = matmul::reference(&h, &w, &matmul::MatmulParams { m: t, n, k: d }).unwrap();
+    for i in 0..t {
+        for j in 0..n {
+            let s: f64 = (0..d).map(|k| (h[i * d + k] as f64 * w[j * d + k] as f64).abs()).sum();
+            // Tolerance: h carries the RMSNorm error (≤ 1e-5 relative, see check_rmsnorm), which
+            // moves y by ≤ 1e-5·Σ|h·W|; the product adds ≤ 2·d·ε·Σ|h·W| (see check_matmul).
+            let tol = (1e-5 + 2.0 * d as f64 * EPS) * s;
+            let diff = (y[i * n + j] as f64 - y_ref[i * n + j] as f64).abs();
+            assert!(
+                diff <= tol,
+                "rmsnorm→matmul chain at y[{i}, {j}]: gpu {} cpu {} |diff| {diff:e} > tol {tol:e}",
+                y[i * n + j],
+                y_ref[i * n + j]
+            );
+        }
+    }
+}
