@@ -839,6 +839,26 @@ mod tests {
     }
 
     #[test]
+    fn post_weights_take_as_many_last_slice_models_as_the_first_slice_has() {
+        // mergekit zips the last slice's models with a list as long as the first slice's sources
+        // (checked byte for byte against mergekit-yaml 0.1.5 on the golden fixture models).
+        let p = plan(
+            "merge_method: linear\nslices:\n  - sources:\n      - {model: a, layer_range: [0, 2], parameters: {weight: 1}}\n  - sources:\n      - {model: b, layer_range: [2, 4], parameters: {weight: 0.3}}\n      - {model: c, layer_range: [1, 3], parameters: {weight: [0.7, 0.1]}}\n",
+            &[llama("a", 4, false, DType::F32), llama("b", 4, false, DType::F32), llama("c", 4, false, DType::F32)],
+        )
+        .unwrap();
+        assert_eq!(p.num_hidden_layers, 4);
+        let models = |n: &str| get(&p, n).inputs.iter().map(|i| i.model.clone()).collect::<Vec<_>>();
+        assert_eq!(models("model.embed_tokens.weight"), ["a"]);
+        assert_eq!(models("model.norm.weight"), ["b"]);
+        assert_eq!(models("lm_head.weight"), ["b"]);
+        let l3 = get(&p, "model.layers.3.self_attn.q_proj.weight");
+        assert_eq!(l3.inputs.iter().map(|i| i.tensor.as_str()).collect::<Vec<_>>(), ["model.layers.3.self_attn.q_proj.weight", "model.layers.2.self_attn.q_proj.weight"]);
+        assert_eq!(f(l3.inputs[1].params.get("weight")), 0.1);
+        assert_eq!(f(get(&p, "model.layers.2.mlp.up_proj.weight").inputs[1].params.get("weight")), 0.7);
+    }
+
+    #[test]
     fn lm_head_falls_back_to_tied_embedding_when_some_inputs_lack_it() {
         let p = plan(
             "merge_method: linear\nmodels:\n  - {model: a, parameters: {weight: 1}}\n  - {model: b, parameters: {weight: 1}}\n",
