@@ -367,3 +367,26 @@ fn a_cancelled_merge_leaves_no_file() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn tokenizer_source_picks_the_tokenizer_donor() {
+    let d = tmp("tokenizer");
+    write_model(&d.join("a"), &llama_tensors(16, 1, true), 1, Some("A"));
+    write_model(&d.join("b"), &llama_tensors(17, 1, true), 1, Some("B"));
+    // c is only a tokenizer donor: it needs no weights
+    std::fs::create_dir_all(d.join("c")).unwrap();
+    std::fs::write(d.join("c/tokenizer.json"), "{\"model\": \"C\"}").unwrap();
+    std::fs::write(d.join("c/tokenizer_config.json"), "{\"from\": \"C\"}").unwrap();
+    std::fs::write(d.join("c/special_tokens_map.json"), "{}").unwrap();
+    let lin = "merge_method: linear\nmodels:\n  - {model: a, parameters: {weight: 1}}\n  - {model: b, parameters: {weight: 1}}\n";
+    for (extra, want) in [("base_model: b\n", "B"), ("tokenizer_source: c\n", "C"), ("base_model: b\ntokenizer_source: base\n", "B"), ("", "A")] {
+        std::fs::write(d.join("r.yml"), format!("{lin}{extra}")).unwrap();
+        let _ = std::fs::remove_dir_all(d.join("out"));
+        let o = crucible(&["merge", "r.yml", "out", "-q"], &d);
+        assert!(o.status.success(), "{extra}: {}", stderr(&o));
+        assert_eq!(std::fs::read_to_string(d.join("out/tokenizer.json")).unwrap(), format!("{{\"model\": \"{want}\"}}"), "{extra}");
+        assert_eq!(d.join("out/special_tokens_map.json").exists(), want == "C", "{extra}");
+    }
+    assert_fails_cleanly(&d, &format!("{lin}tokenizer_source: base\n"), &["tokenizer_source: base", "base_model"]);
+    let _ = std::fs::remove_dir_all(&d);
+}
