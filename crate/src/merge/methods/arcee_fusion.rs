@@ -40,15 +40,15 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
     let mut imp = vec![0.0f32; n];
     let mut pbuf = Vec::new();
     let mut qbuf = Vec::new();
-    for_each_line(shape, axis, |_, idx| {
-        softmax(idx.iter().map(|&j| x[j]), &mut pbuf);
-        softmax(idx.iter().map(|&j| b[j]), &mut qbuf);
+    for_each_line(shape, axis, |line| {
+        softmax(line.iter().map(|j| x[j]), &mut pbuf);
+        softmax(line.iter().map(|j| b[j]), &mut qbuf);
         let kl = r(sum_f32(pbuf.iter().zip(&qbuf).map(|(&p, &q)| {
             let p = r(r(p) + 1e-8);
             let q = r(r(q) + 1e-8);
             r(p * r(libm::logf(r(p / q))))
         })));
-        for &j in idx {
+        for j in line.iter() {
             let diff = r(r(x[j] - b[j]).abs());
             imp[j] = r(diff * kl);
         }

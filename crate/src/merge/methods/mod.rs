@@ -342,6 +342,9 @@ impl<'a> Ctx<'a> {
         if inputs.models.is_empty() {
             return Err(bad("got no input models".into()));
         }
+        if numel > u32::MAX as usize {
+            return Err(bad(format!("tensor has {numel} elements; at most {} are supported", u32::MAX)));
+        }
         for m in &inputs.models {
             if m.data.len() != numel {
                 return Err(bad(format!("model {} has {} values but shape {:?} needs {}", m.model, m.data.len(), inputs.shape, numel)));
@@ -513,26 +516,45 @@ pub(crate) fn norm_f32(values: impl IntoIterator<Item = f32>) -> f32 {
     values.into_iter().fold(0.0f64, |a, v| a + (v as f64) * (v as f64)).sqrt() as f32
 }
 
-/// Lines of a tensor along `axis`: `(outer, len, inner)`; element `j` of line `(o, i)` is at
-/// `o * len * inner + j * inner + i`. A 0-d tensor is one line of one element.
-pub(crate) fn lines(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+/// One line of a tensor: the elements `start + k·stride` for `k < len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Line {
+    pub start: usize,
+    pub len: usize,
+    pub stride: usize,
+}
+
+impl Line {
+    /// The whole flattened tensor as one line.
+    pub fn whole(numel: usize) -> Line {
+        Line { start: 0, len: numel, stride: 1 }
+    }
+
+    /// Flat index of the line's `k`-th element.
+    #[inline]
+    pub fn at(self, k: usize) -> usize {
+        self.start + k * self.stride
+    }
+
+    /// Flat indices of the line's elements, in order.
+    #[inline]
+    pub fn iter(self) -> impl Iterator<Item = usize> + Clone {
+        (0..self.len).map(move |k| self.start + k * self.stride)
+    }
+}
+
+/// Calls `f` for every line of a tensor of `shape` along `axis` (outer indices first, then
+/// inner). A 0-d tensor is one line of one element.
+pub(crate) fn for_each_line(shape: &[usize], axis: usize, mut f: impl FnMut(Line)) {
     if shape.is_empty() {
-        return (1, 1, 1);
+        return f(Line::whole(1));
     }
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();
-    (outer, shape[axis], inner)
-}
-
-/// Calls `f(line_index, element_indices)` for every line along `axis`.
-pub(crate) fn for_each_line(shape: &[usize], axis: usize, mut f: impl FnMut(usize, &[usize])) {
-    let (outer, len, inner) = lines(shape, axis);
-    let mut idx = Vec::with_capacity(len);
+    let len = shape[axis];
     for o in 0..outer {
         for i in 0..inner {
-            idx.clear();
-            idx.extend((0..len).map(|j| o * len * inner + j * inner + i));
-            f(o * inner + i, &idx);
+            f(Line { start: o * len * inner + i, len, stride: inner });
         }
     }
 }

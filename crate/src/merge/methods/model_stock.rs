@@ -16,7 +16,7 @@
 //!
 //! Shapes: inputs `[*shape]` → lines `[L, len]` → `[*shape]`.
 
-use super::{Ctx, for_each_line, norm_f32, sum_f32};
+use super::{Ctx, Line, for_each_line, norm_f32, sum_f32};
 use crate::merge::MergeError;
 
 pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
@@ -39,15 +39,15 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
     }
     let shape = ctx.inputs.shape;
     let mut out = vec![0.0f32; ctx.numel];
-    let mut line = |idx: &[usize]| {
-        let norms: Vec<f32> = offsets.iter().map(|o| r(norm_f32(idx.iter().map(|&j| o[j])))).collect();
+    let mut merge_line = |line: Line| {
+        let norms: Vec<f32> = offsets.iter().map(|o| r(norm_f32(line.iter().map(|j| o[j])))).collect();
         let mut cos_sum = 0.0f64;
         let mut pairs = 0usize;
         for a in 0..count {
             for b in a + 1..count {
                 let np = r(norms[a] * norms[b]);
                 let np = r(if np < 1e-6 { 1e-6 } else { np });
-                let dot = r(sum_f32(idx.iter().map(|&j| r(offsets[a][j] * offsets[b][j]))));
+                let dot = r(sum_f32(line.iter().map(|j| r(offsets[a][j] * offsets[b][j]))));
                 cos_sum += r(dot / np).clamp(-1.0, 1.0) as f64;
                 pairs += 1;
             }
@@ -57,15 +57,14 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
         let denom = r(1.0 + r((count as f32 - 1.0) * cos));
         let t = if denom.abs() < 1e-6 { 0.0 } else { r(r(countf * cos) / denom) };
         let one_minus_t = r(1.0 - t);
-        for &j in idx {
+        for j in line.iter() {
             out[j] = r(r(t * average[j]) + r(one_minus_t * w0[j]));
         }
     };
     if filter_wise && shape.len() >= 1 {
-        for_each_line(shape, shape.len() - 1, |_, idx| line(idx));
+        for_each_line(shape, shape.len() - 1, &mut merge_line);
     } else {
-        let idx: Vec<usize> = (0..ctx.numel).collect();
-        line(&idx);
+        merge_line(Line::whole(ctx.numel));
     }
     Ok(out)
 }

@@ -16,7 +16,7 @@
 //!
 //! Shapes: inputs `[*shape]` → `[*shape]`.
 
-use super::{Ctx, for_each_line, norm_f32, sum_f32};
+use super::{Ctx, Line, for_each_line, norm_f32, sum_f32};
 use crate::merge::MergeError;
 
 pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
@@ -39,11 +39,10 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
     let shape = ctx.inputs.shape;
     let mut out = vec![0.0f32; ctx.numel];
     if flatten || shape.len() <= 1 {
-        let idx: Vec<usize> = (0..ctx.numel).collect();
-        nuslerp_line(ctx, t, &v0, &v1, &idx, &mut out);
+        nuslerp_line(ctx, t, &v0, &v1, Line::whole(ctx.numel), &mut out);
     } else {
         let axis = if row_wise { 0 } else { shape.len() - 1 };
-        for_each_line(shape, axis, |_, idx| nuslerp_line(ctx, t, &v0, &v1, idx, &mut out));
+        for_each_line(shape, axis, |line| nuslerp_line(ctx, t, &v0, &v1, line, &mut out));
     }
     if let Some(b) = base {
         for j in 0..ctx.numel {
@@ -53,17 +52,17 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
     Ok(out)
 }
 
-/// NuSLERP of the elements `idx` of `v0` and `v1`, written to the same elements of `out`.
-fn nuslerp_line(ctx: &Ctx, t: f64, v0: &[f32], v1: &[f32], idx: &[usize], out: &mut [f32]) {
+/// NuSLERP of the elements of `line` in `v0` and `v1`, written to the same elements of `out`.
+fn nuslerp_line(ctx: &Ctx, t: f64, v0: &[f32], v1: &[f32], line: Line, out: &mut [f32]) {
     let r = |x: f32| ctx.r(x);
-    let n0 = r(norm_f32(idx.iter().map(|&j| v0[j]))).max(r(1e-7));
-    let n1 = r(norm_f32(idx.iter().map(|&j| v1[j]))).max(r(1e-7));
-    let cos = r(sum_f32(idx.iter().map(|&j| r(r(v0[j] / n0) * r(v1[j] / n1))))).clamp(-1.0, 1.0);
+    let n0 = r(norm_f32(line.iter().map(|j| v0[j]))).max(r(1e-7));
+    let n1 = r(norm_f32(line.iter().map(|j| v1[j]))).max(r(1e-7));
+    let cos = r(sum_f32(line.iter().map(|j| r(r(v0[j] / n0) * r(v1[j] / n1))))).clamp(-1.0, 1.0);
     let colinear = r(1.0 - r(cos * cos)) <= (1e-8f64 * 1e-8) as f32;
     let one_minus_t = (1.0 - t) as f32;
     let tf = t as f32;
     if colinear {
-        for &j in idx {
+        for j in line.iter() {
             out[j] = r(r(one_minus_t * v0[j]) + r(tf * v1[j]));
         }
     } else {
@@ -71,7 +70,7 @@ fn nuslerp_line(ctx: &Ctx, t: f64, v0: &[f32], v1: &[f32], idx: &[usize], out: &
         let sin_theta = r(libm::sinf(theta));
         let s0 = r(libm::sinf(r(one_minus_t * theta)));
         let s1 = r(libm::sinf(r(tf * theta)));
-        for &j in idx {
+        for j in line.iter() {
             out[j] = r(r(r(s0 * v0[j]) + r(s1 * v1[j])) / sin_theta);
         }
     }

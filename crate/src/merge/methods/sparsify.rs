@@ -61,6 +61,14 @@ fn py_slice(len: usize, start: i128, end: i128) -> std::ops::Range<usize> {
     s..e.max(s)
 }
 
+/// Index vectors are u32 (half the memory of usize for embedding-sized tensors).
+fn check_len(n: usize) -> Result<(), SparsifyError> {
+    if n > u32::MAX as usize {
+        return Err(SparsifyError { param: None, message: format!("tensor has {n} elements; at most {} are supported", u32::MAX) });
+    }
+    Ok(())
+}
+
 fn masked(d: &[f32], keep: impl Fn(usize) -> bool) -> Vec<f32> {
     // `tensor * mask`: a float multiply (NaN · 0 stays NaN, as in torch)
     d.iter().enumerate().map(|(j, &x)| x * if keep(j) { 1.0 } else { 0.0 }).collect()
@@ -78,17 +86,18 @@ pub fn magnitude(d: &[f32], density: f64, rescale: bool, dt: DType) -> Result<Ve
     if density <= 0.0 || n == 0 {
         return Ok(vec![0.0; n]);
     }
+    check_len(n)?;
     let k = py_int(density * n as f64).max(1) as usize;
     // The k first elements under the total order (|d| desc with NaN largest, then index asc):
     // a selection, not a full sort; deterministic because the order is total.
-    let mut idx: Vec<usize> = (0..n).collect();
-    let desc = |&a: &usize, &b: &usize| d[b].abs().total_cmp(&d[a].abs()).then(a.cmp(&b));
+    let mut idx: Vec<u32> = (0..n as u32).collect();
+    let desc = |&a: &u32, &b: &u32| d[b as usize].abs().total_cmp(&d[a as usize].abs()).then(a.cmp(&b));
     if k < n {
         idx.select_nth_unstable_by(k, desc);
     }
     let mut keep = vec![false; n];
     for &j in &idx[..k.min(n)] {
-        keep[j] = true;
+        keep[j as usize] = true;
     }
     let mut out = masked(d, |j| keep[j]);
     if rescale {
@@ -111,14 +120,15 @@ pub fn magnitude_outliers(d: &[f32], density: f64, gamma: f64, rescale: bool, dt
         return Ok(d.to_vec());
     }
     let n = d.len();
+    check_len(n)?;
     let target = py_int(density * n as f64);
     let n_top = py_int(gamma * n as f64);
     let n_bot = (n as i128 - target - n_top).max(0);
     // The elements at sorted positions [s, e) of the total order (|d| asc, NaN last, index
     // asc), found with two selections instead of a full sort.
     let range = py_slice(n, n_bot, n_bot + target);
-    let asc = |&a: &usize, &b: &usize| d[a].abs().total_cmp(&d[b].abs()).then(a.cmp(&b));
-    let mut idx: Vec<usize> = (0..n).collect();
+    let asc = |&a: &u32, &b: &u32| d[a as usize].abs().total_cmp(&d[b as usize].abs()).then(a.cmp(&b));
+    let mut idx: Vec<u32> = (0..n as u32).collect();
     if range.start > 0 && range.start < n {
         idx.select_nth_unstable_by(range.start, asc);
     }
@@ -128,7 +138,7 @@ pub fn magnitude_outliers(d: &[f32], density: f64, gamma: f64, rescale: bool, dt
     }
     let mut keep = vec![false; n];
     for &j in &idx[range] {
-        keep[j] = true;
+        keep[j as usize] = true;
     }
     let mut out = masked(d, |j| keep[j]);
     if rescale {
@@ -212,12 +222,12 @@ pub fn della_magprune(
     let mut probs = vec![0.0f32; d.len()];
     let mut order: Vec<usize> = Vec::new();
     let mut ranks: Vec<f32> = Vec::new();
-    for_each_line(&line_shape, 1, |_, idx| {
+    for_each_line(&line_shape, 1, |line| {
         order.clear();
-        order.extend(0..idx.len());
-        order.sort_unstable_by(|&a, &b| d[idx[a]].abs().total_cmp(&d[idx[b]].abs()).then(a.cmp(&b)));
+        order.extend(0..line.len);
+        order.sort_unstable_by(|&a, &b| d[line.at(a)].abs().total_cmp(&d[line.at(b)].abs()).then(a.cmp(&b)));
         ranks.clear();
-        ranks.resize(idx.len(), 0.0);
+        ranks.resize(line.len, 0.0);
         for (pos, &k) in order.iter().enumerate() {
             // argsort().to(W) + 1
             ranks[k] = w.round(w.round(pos as f32) + 1.0);
@@ -225,7 +235,7 @@ pub fn della_magprune(
         let min = ranks.iter().copied().fold(f32::INFINITY, f32::min);
         let max = ranks.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let span = w.round(max - min);
-        for (k, &j) in idx.iter().enumerate() {
+        for (k, j) in line.iter().enumerate() {
             let norm = w.round(w.round(ranks[k] - min) / span).clamp(0.0, 1.0);
             probs[j] = w.round(lo + w.round(w.round(norm * 2.0) * eps32));
         }
