@@ -43,7 +43,11 @@ fn ctx_with_binding_limit(bytes: u64) -> GpuContext {
             .await
             .unwrap_or_else(|e| panic!("could not open a device with small limits: {e}"));
         let ctx = GpuContext::from_device(device, queue);
-        assert_eq!(ctx.max_binding_bytes(), bytes, "the injected device keeps its limits");
+        assert_eq!(
+            ctx.max_binding_bytes(),
+            bytes,
+            "the injected device keeps its limits"
+        );
         ctx
     })
 }
@@ -52,8 +56,15 @@ fn ctx_with_binding_limit(bytes: u64) -> GpuContext {
 fn adapter_is_found_and_reports_limits() {
     let ctx = ctx();
     assert!(ctx.limits.max_storage_buffer_binding_size >= 1 << 20);
-    assert!(ctx.limits.max_compute_invocations_per_workgroup >= 256, "kernels use 256 threads");
-    assert!(!ctx.adapter_info.name.is_empty(), "adapter without a name: {:?}", ctx.adapter_info);
+    assert!(
+        ctx.limits.max_compute_invocations_per_workgroup >= 256,
+        "kernels use 256 threads"
+    );
+    assert!(
+        !ctx.adapter_info.name.is_empty(),
+        "adapter without a name: {:?}",
+        ctx.adapter_info
+    );
 }
 
 #[test]
@@ -117,7 +128,11 @@ fn split_paths_follow_the_device_binding_limit() {
         &ctx,
         &vec![1.0; 20_000],
         &vec![1.0; 20_000],
-        &crucible::ops::rmsnorm::RmsNormParams { d: 20_000, eps: 1e-5, max_chunk_rows: None },
+        &crucible::ops::rmsnorm::RmsNormParams {
+            d: 20_000,
+            eps: 1e-5,
+            max_chunk_rows: None,
+        },
     ))
     .unwrap_err()
     .to_string();
@@ -129,12 +144,17 @@ fn weighted_sum_beyond_one_binding_and_one_grid_dimension() {
     let ctx = ctx();
     let n = 65_535 * 256 + 340;
     // One model: 67 MB fits one binding, but ⌈n / 256⌉ = 65 537 workgroups need the 2-D grid.
-    assert_eq!(crucible::ops::weighted_sum::chunk_capacity(&ctx, 1, n, None), n.min(
-        (ctx.max_binding_bytes() / 4) as usize));
+    assert_eq!(
+        crucible::ops::weighted_sum::chunk_capacity(&ctx, 1, n, None),
+        n.min((ctx.max_binding_bytes() / 4) as usize)
+    );
     pollster::block_on(weighted_sum_2d_grid(&ctx));
     // Three models: 201 MB > lavapipe's 128 MiB binding, so at least 2 chunks.
     let c = crucible::ops::weighted_sum::chunk_capacity(&ctx, 3, n, None);
-    println!("3 models: chunk capacity {c} elements per model → {} chunks", n.div_ceil(c));
+    println!(
+        "3 models: chunk capacity {c} elements per model → {} chunks",
+        n.div_ceil(c)
+    );
     pollster::block_on(check_weighted_sum(&ctx, n, &[0.3, 0.3, 0.4], false, None));
 }
 
@@ -161,6 +181,9 @@ fn buffer_pool_reuses_buffers_across_calls() {
     pollster::block_on(check_weighted_sum(&ctx, 2900, &[1.0, 1.0], true, None));
     let after_second = ctx.pool_stats();
     // Same labels and size classes: the second call creates nothing new.
-    assert_eq!(after_second.created, after_first.created, "{after_first:?} → {after_second:?}");
+    assert_eq!(
+        after_second.created, after_first.created,
+        "{after_first:?} → {after_second:?}"
+    );
     assert!(after_second.reused > after_first.reused);
 }

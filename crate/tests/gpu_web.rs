@@ -29,7 +29,10 @@ async fn adapter_is_found_and_reports_limits() {
     let ctx = ctx().await;
     assert_eq!(ctx.adapter_info.backend, wgpu::Backend::BrowserWebGpu);
     assert!(ctx.limits.max_storage_buffer_binding_size >= 1 << 20);
-    assert!(ctx.limits.max_compute_invocations_per_workgroup >= 256, "kernels use 256 threads");
+    assert!(
+        ctx.limits.max_compute_invocations_per_workgroup >= 256,
+        "kernels use 256 threads"
+    );
 }
 
 #[wasm_bindgen_test]

@@ -40,9 +40,20 @@ pub enum GpuError {
     #[error(
         "GPU buffer {label}: {bytes} bytes exceeds the device limit {limit_name} = {limit} bytes"
     )]
-    TooLarge { label: String, bytes: u64, limit_name: &'static str, limit: u64 },
-    #[error("GPU dispatch {kernel}: {groups} workgroups exceed {max} × {max} (max_compute_workgroups_per_dimension)")]
-    DispatchTooLarge { kernel: String, groups: u64, max: u32 },
+    TooLarge {
+        label: String,
+        bytes: u64,
+        limit_name: &'static str,
+        limit: u64,
+    },
+    #[error(
+        "GPU dispatch {kernel}: {groups} workgroups exceed {max} × {max} (max_compute_workgroups_per_dimension)"
+    )]
+    DispatchTooLarge {
+        kernel: String,
+        groups: u64,
+        max: u32,
+    },
 }
 
 /// Errors recorded by the device's uncaptured-error and device-lost handlers.
@@ -112,6 +123,10 @@ impl GpuContext {
         if adapter_info.name.is_empty() {
             adapter_info.name = browser_adapter_name(&device);
         }
+        // On wasm32 wgpu handles are !Send (one thread): the Arc is only for the Weak in
+        // PooledBuffer, never shared across threads there.
+        #[allow(clippy::arc_with_non_send_sync)]
+        let pool = Arc::new(Mutex::new(BufferPool::new(max_pool_bytes)));
         GpuContext {
             adapter_info,
             limits: device.limits(),
@@ -119,7 +134,7 @@ impl GpuContext {
             device,
             queue,
             pipelines: Mutex::new(HashMap::new()),
-            pool: Arc::new(Mutex::new(BufferPool::new(max_pool_bytes))),
+            pool,
             sink,
         }
     }
@@ -185,7 +200,9 @@ impl GpuContext {
 
     /// Largest storage binding in bytes, also bounded by the largest buffer.
     pub fn max_binding_bytes(&self) -> u64 {
-        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// Returns the recorded validation errors (and device loss) as an error, clearing them.
@@ -200,7 +217,10 @@ impl GpuContext {
         }
         let message = s.errors.join("\n");
         s.errors.clear();
-        Err(GpuError::Validation { during: during.to_string(), message })
+        Err(GpuError::Validation {
+            during: during.to_string(),
+            message,
+        })
     }
 
     /// The compute pipeline of `kernel` (entry point `main`, layout derived from the shader),
@@ -217,20 +237,27 @@ impl GpuContext {
         }
         // Fail this kernel alone: errors recorded before belong to someone else.
         self.check(&format!("work before compiling {kernel}"))?;
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(kernel),
-            source: wgpu::ShaderSource::Wgsl(wgsl.into()),
-        });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel),
+                source: wgpu::ShaderSource::Wgsl(wgsl.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
         if let Err(e) = self.check(kernel) {
-            return Err(GpuError::Shader { kernel: kernel.to_string(), message: e.to_string() });
+            return Err(GpuError::Shader {
+                kernel: kernel.to_string(),
+                message: e.to_string(),
+            });
         }
         let p = Arc::new(pipeline);
         cache.insert(kernel, Arc::clone(&p));
@@ -270,7 +297,11 @@ impl GpuContext {
         }
         let y = groups.div_ceil(max as u64);
         if y > max as u64 {
-            return Err(GpuError::DispatchTooLarge { kernel: kernel.to_string(), groups, max });
+            return Err(GpuError::DispatchTooLarge {
+                kernel: kernel.to_string(),
+                groups,
+                max,
+            });
         }
         let x = groups.div_ceil(y);
         Ok((x as u32, y as u32))
@@ -288,14 +319,29 @@ impl GpuContext {
         let (limit_name, limit) = if usage.contains(wgpu::BufferUsages::STORAGE) {
             ("max_storage_buffer_binding_size", self.max_binding_bytes())
         } else if usage.contains(wgpu::BufferUsages::UNIFORM) {
-            ("max_uniform_buffer_binding_size", self.limits.max_uniform_buffer_binding_size)
+            (
+                "max_uniform_buffer_binding_size",
+                self.limits.max_uniform_buffer_binding_size,
+            )
         } else {
             ("max_buffer_size", self.limits.max_buffer_size)
         };
         if bytes > limit {
-            return Err(GpuError::TooLarge { label: label.to_string(), bytes, limit_name, limit });
+            return Err(GpuError::TooLarge {
+                label: label.to_string(),
+                bytes,
+                limit_name,
+                limit,
+            });
         }
-        Ok(BufferPool::take(&self.pool, &self.device, label, bytes, usage, limit))
+        Ok(BufferPool::take(
+            &self.pool,
+            &self.device,
+            label,
+            bytes,
+            usage,
+            limit,
+        ))
     }
 
     /// A storage buffer holding `data` (uploaded with `queue.write_buffer`).
@@ -304,7 +350,9 @@ impl GpuContext {
         let buf = self.buffer(
             label,
             bytes,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
         )?;
         if !data.is_empty() {
             self.queue.write_buffer(&buf, 0, bytemuck::cast_slice(data));
@@ -317,11 +365,12 @@ impl GpuContext {
     /// GPU is done, so several dispatches can be recorded into one encoder before a submit.
     pub fn meta_uniform<T: bytemuck::Pod>(&self, label: &str, meta: &T) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::bytes_of(meta),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(meta),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
     }
 
     /// Reads `len` f32 values starting at byte `offset` of `src` (which needs `COPY_SRC`):
@@ -346,22 +395,32 @@ impl GpuContext {
         )?;
         let mut enc = self
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback copy") });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback copy"),
+            });
         enc.copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
         self.queue.submit([enc.finish()]);
 
         let (tx, rx) = oneshot::<Result<(), wgpu::BufferAsyncError>>();
-        staging.slice(0..bytes).map_async(wgpu::MapMode::Read, move |r| tx.send(r));
+        staging
+            .slice(0..bytes)
+            .map_async(wgpu::MapMode::Read, move |r| tx.send(r));
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::Poll { during: label.to_string(), message: e.to_string() })?;
+            .map_err(|e| GpuError::Poll {
+                during: label.to_string(),
+                message: e.to_string(),
+            })?;
         let mapped = rx.await;
         // Report validation errors first: they explain a failed map.
         self.check(label)?;
         match mapped {
             Some(Ok(())) => {}
             Some(Err(e)) => {
-                return Err(GpuError::Map { label: label.to_string(), message: e.to_string() });
+                return Err(GpuError::Map {
+                    label: label.to_string(),
+                    message: e.to_string(),
+                });
             }
             None => {
                 return Err(GpuError::Map {
@@ -371,10 +430,12 @@ impl GpuContext {
             }
         }
         let out = {
-            let view = staging.get_mapped_range(0..bytes).map_err(|e| GpuError::Map {
-                label: label.to_string(),
-                message: e.to_string(),
-            })?;
+            let view = staging
+                .get_mapped_range(0..bytes)
+                .map_err(|e| GpuError::Map {
+                    label: label.to_string(),
+                    message: e.to_string(),
+                })?;
             // The mapped bytes need not be 4-aligned in the browser: copy, don't cast in place.
             bytemuck::pod_collect_to_vec::<u8, f32>(&view)
         };
@@ -441,7 +502,11 @@ struct Sender<T>(Arc<Mutex<Slot<T>>>);
 struct Receiver<T>(Arc<Mutex<Slot<T>>>);
 
 fn oneshot<T>() -> (Sender<T>, Receiver<T>) {
-    let slot = Arc::new(Mutex::new(Slot { value: None, closed: false, waker: None }));
+    let slot = Arc::new(Mutex::new(Slot {
+        value: None,
+        closed: false,
+        waker: None,
+    }));
     (Sender(Arc::clone(&slot)), Receiver(slot))
 }
 

@@ -43,16 +43,30 @@ pub fn size_class(bytes: u64, limit: u64) -> u64 {
     // b lies in (p/2, p]: 8 classes across that octave, each p/16 wide, so slack ≤ b/8.
     let step = (p / 16).max(256);
     let c = b.div_ceil(step) * step;
-    if c > limit { (bytes.div_ceil(4) * 4).min(limit).max(bytes) } else { c }
+    if c > limit {
+        (bytes.div_ceil(4) * 4).min(limit).max(bytes)
+    } else {
+        c
+    }
 }
 
 impl BufferPool {
     pub(crate) fn new(max_free_bytes: u64) -> BufferPool {
-        BufferPool { free: HashMap::new(), free_bytes: 0, max_free_bytes, created: 0, reused: 0 }
+        BufferPool {
+            free: HashMap::new(),
+            free_bytes: 0,
+            max_free_bytes,
+            created: 0,
+            reused: 0,
+        }
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
-        PoolStats { created: self.created, reused: self.reused, free_bytes: self.free_bytes }
+        PoolStats {
+            created: self.created,
+            reused: self.reused,
+            free_bytes: self.free_bytes,
+        }
     }
 
     pub(crate) fn trim(&mut self) {
@@ -88,7 +102,11 @@ impl BufferPool {
                 })
             }
         };
-        PooledBuffer { buffer, key, pool: Arc::downgrade(pool) }
+        PooledBuffer {
+            buffer,
+            key,
+            pool: Arc::downgrade(pool),
+        }
     }
 
     fn give_back(&mut self, key: Key, buffer: wgpu::Buffer) {
@@ -160,7 +178,10 @@ mod tests {
         assert_eq!(size_class(4097, u64::MAX), 4608);
         for bytes in [1000u64, 12_345, 1 << 20, (1 << 20) + 1, 100_000_000] {
             let c = size_class(bytes, u64::MAX);
-            assert!(c >= bytes && (c - bytes) as f64 <= 0.125 * bytes as f64 + 256.0, "{bytes} → {c}");
+            assert!(
+                c >= bytes && (c - bytes) as f64 <= 0.125 * bytes as f64 + 256.0,
+                "{bytes} → {c}"
+            );
         }
         // At the device limit a request gets exactly what it asked for (4-aligned).
         assert_eq!(size_class(1000, 1000), 1000);

@@ -41,14 +41,31 @@ pub struct MatmulParams {
 fn check(a: &[f32], b: &[f32], p: &MatmulParams) -> Result<(), OpError> {
     let MatmulParams { m, n, k } = *p;
     if a.len() != m * k {
-        return Err(OpError::shape(KERNEL, format!("A has {} elements, expected (M={m}) × (K={k}) = {}", a.len(), m * k)));
+        return Err(OpError::shape(
+            KERNEL,
+            format!(
+                "A has {} elements, expected (M={m}) × (K={k}) = {}",
+                a.len(),
+                m * k
+            ),
+        ));
     }
     if b.len() != n * k {
-        return Err(OpError::shape(KERNEL, format!("B has {} elements, expected (N={n}) × (K={k}) = {}", b.len(), n * k)));
+        return Err(OpError::shape(
+            KERNEL,
+            format!(
+                "B has {} elements, expected (N={n}) × (K={k}) = {}",
+                b.len(),
+                n * k
+            ),
+        ));
     }
     for (name, v) in [("M", m), ("N", n), ("K", k)] {
         if v > u32::MAX as usize {
-            return Err(OpError::shape(KERNEL, format!("{name} = {v} does not fit u32")));
+            return Err(OpError::shape(
+                KERNEL,
+                format!("{name} = {v} does not fit u32"),
+            ));
         }
     }
     Ok(())
@@ -84,17 +101,27 @@ pub fn encode(
     c: wgpu::BufferBinding<'_>,
 ) -> Result<(), OpError> {
     let max = ctx.limits.max_compute_workgroups_per_dimension;
-    let (gx, gy) = ((meta.n as u64).div_ceil(TILE as u64), (meta.m as u64).div_ceil(TILE as u64));
+    let (gx, gy) = (
+        (meta.n as u64).div_ceil(TILE as u64),
+        (meta.m as u64).div_ceil(TILE as u64),
+    );
     if gx > max as u64 || gy > max as u64 {
         return Err(OpError::Gpu {
             op: KERNEL,
-            source: GpuError::DispatchTooLarge { kernel: KERNEL.into(), groups: gx.max(gy), max },
+            source: GpuError::DispatchTooLarge {
+                kernel: KERNEL.into(),
+                groups: gx.max(gy),
+                max,
+            },
         });
     }
     let pipeline = ctx.pipeline(KERNEL, WGSL).op(KERNEL)?;
     let meta_buf = ctx.meta_uniform("matmul.meta", meta);
-    let bind =
-        ctx.bind_group("matmul.bind", &pipeline, &[meta_buf.as_entire_buffer_binding(), a, b, c]);
+    let bind = ctx.bind_group(
+        "matmul.bind",
+        &pipeline,
+        &[meta_buf.as_entire_buffer_binding(), a, b, c],
+    );
     encode_pass(enc, KERNEL, &pipeline, &bind, (gx as u32, gy as u32));
     Ok(())
 }
@@ -124,10 +151,17 @@ pub async fn matmul(
             wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
         )
         .op(KERNEL)?;
-    let meta = Meta { m: m as u32, n: n as u32, k: k as u32, _pad: 0 };
+    let meta = Meta {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        _pad: 0,
+    };
     let mut enc = ctx
         .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(KERNEL) });
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some(KERNEL),
+        });
     encode(
         ctx,
         &mut enc,
@@ -137,7 +171,9 @@ pub async fn matmul(
         c_buf.binding(c_bytes),
     )?;
     ctx.queue.submit([enc.finish()]);
-    ctx.read_f32("matmul.c readback", &c_buf, 0, m * n).await.op(KERNEL)
+    ctx.read_f32("matmul.c readback", &c_buf, 0, m * n)
+        .await
+        .op(KERNEL)
 }
 
 #[cfg(test)]
@@ -158,6 +194,9 @@ mod tests {
         let e = reference(&[0.0; 5], &[0.0; 6], &MatmulParams { m: 2, n: 2, k: 3 })
             .unwrap_err()
             .to_string();
-        assert!(e.contains("A has 5 elements, expected (M=2) × (K=3) = 6"), "{e}");
+        assert!(
+            e.contains("A has 5 elements, expected (M=2) × (K=3) = 6"),
+            "{e}"
+        );
     }
 }

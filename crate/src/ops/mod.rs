@@ -25,7 +25,10 @@ pub enum OpError {
 
 impl OpError {
     pub(crate) fn shape(op: &'static str, message: impl Into<String>) -> OpError {
-        OpError::Shape { op, message: message.into() }
+        OpError::Shape {
+            op,
+            message: message.into(),
+        }
     }
 }
 

@@ -43,16 +43,22 @@ fn check(x: &[f32], w: &[f32], p: &RmsNormParams) -> Result<usize, OpError> {
         return Err(OpError::shape(KERNEL, "row length d = 0"));
     }
     if w.len() != p.d {
-        return Err(OpError::shape(KERNEL, format!("weight has {} elements, expected d = {}", w.len(), p.d)));
+        return Err(OpError::shape(
+            KERNEL,
+            format!("weight has {} elements, expected d = {}", w.len(), p.d),
+        ));
     }
-    if x.len() % p.d != 0 {
+    if !x.len().is_multiple_of(p.d) {
         return Err(OpError::shape(
             KERNEL,
             format!("x has {} elements, not a multiple of d = {}", x.len(), p.d),
         ));
     }
-    if !(p.eps >= 0.0) {
-        return Err(OpError::shape(KERNEL, format!("eps = {} must be ≥ 0", p.eps)));
+    if p.eps.is_nan() || p.eps < 0.0 {
+        return Err(OpError::shape(
+            KERNEL,
+            format!("eps = {} must be ≥ 0", p.eps),
+        ));
     }
     Ok(x.len() / p.d)
 }
@@ -86,8 +92,11 @@ pub fn encode(
     }
     let pipeline = ctx.pipeline(KERNEL, WGSL).op(KERNEL)?;
     let meta_buf = ctx.meta_uniform("rmsnorm.meta", meta);
-    let bind =
-        ctx.bind_group("rmsnorm.bind", &pipeline, &[meta_buf.as_entire_buffer_binding(), x, w, y]);
+    let bind = ctx.bind_group(
+        "rmsnorm.bind",
+        &pipeline,
+        &[meta_buf.as_entire_buffer_binding(), x, w, y],
+    );
     let grid = ctx.grid(KERNEL, meta.rows as u64).op(KERNEL)?;
     encode_pass(enc, KERNEL, &pipeline, &bind, grid);
     Ok(())
@@ -109,7 +118,10 @@ pub async fn rmsnorm(
     if row_bytes > ctx.max_binding_bytes() {
         return Err(OpError::shape(
             KERNEL,
-            format!("one row of d = {d} floats exceeds the storage binding limit {} bytes", ctx.max_binding_bytes()),
+            format!(
+                "one row of d = {d} floats exceeds the storage binding limit {} bytes",
+                ctx.max_binding_bytes()
+            ),
         ));
     }
     let mut rows_per_chunk = ((ctx.max_binding_bytes() / row_bytes) as usize).min(t);
@@ -121,7 +133,11 @@ pub async fn rmsnorm(
     let w_buf = ctx.upload_f32("rmsnorm.w", w).op(KERNEL)?;
     let x_buf = ctx.buffer("rmsnorm.x", chunk_bytes, storage).op(KERNEL)?;
     let y_buf = ctx
-        .buffer("rmsnorm.y", chunk_bytes, storage | wgpu::BufferUsages::COPY_SRC)
+        .buffer(
+            "rmsnorm.y",
+            chunk_bytes,
+            storage | wgpu::BufferUsages::COPY_SRC,
+        )
         .op(KERNEL)?;
 
     let mut y = Vec::with_capacity(x.len());
@@ -129,11 +145,22 @@ pub async fn rmsnorm(
     while row0 < t {
         let rows = rows_per_chunk.min(t - row0);
         let len = rows * d;
-        ctx.queue.write_buffer(&x_buf, 0, bytemuck::cast_slice(&x[row0 * d..row0 * d + len]));
-        let meta = Meta { rows: rows as u32, d: d as u32, eps: p.eps, _pad: 0 };
+        ctx.queue.write_buffer(
+            &x_buf,
+            0,
+            bytemuck::cast_slice(&x[row0 * d..row0 * d + len]),
+        );
+        let meta = Meta {
+            rows: rows as u32,
+            d: d as u32,
+            eps: p.eps,
+            _pad: 0,
+        };
         let mut enc = ctx
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(KERNEL) });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some(KERNEL),
+            });
         encode(
             ctx,
             &mut enc,
@@ -143,7 +170,10 @@ pub async fn rmsnorm(
             y_buf.binding(len as u64 * 4),
         )?;
         ctx.queue.submit([enc.finish()]);
-        let part = ctx.read_f32("rmsnorm.y readback", &y_buf, 0, len).await.op(KERNEL)?;
+        let part = ctx
+            .read_f32("rmsnorm.y readback", &y_buf, 0, len)
+            .await
+            .op(KERNEL)?;
         y.extend_from_slice(&part);
         row0 += rows;
     }
@@ -157,15 +187,26 @@ mod tests {
     #[test]
     fn reference_normalises_to_unit_rms() {
         // Row [3, 4]: mean of squares 12.5, eps 0 → y = x / sqrt(12.5).
-        let p = RmsNormParams { d: 2, eps: 0.0, max_chunk_rows: None };
+        let p = RmsNormParams {
+            d: 2,
+            eps: 0.0,
+            max_chunk_rows: None,
+        };
         let y = reference(&[3.0, 4.0], &[1.0, 2.0], &p).unwrap();
         let r = 1.0 / 12.5f64.sqrt();
-        assert!((y[0] as f64 - 3.0 * r).abs() < 1e-6 && (y[1] as f64 - 8.0 * r).abs() < 1e-6, "{y:?}");
+        assert!(
+            (y[0] as f64 - 3.0 * r).abs() < 1e-6 && (y[1] as f64 - 8.0 * r).abs() < 1e-6,
+            "{y:?}"
+        );
     }
 
     #[test]
     fn shape_errors() {
-        let p = RmsNormParams { d: 3, eps: 1e-5, max_chunk_rows: None };
+        let p = RmsNormParams {
+            d: 3,
+            eps: 1e-5,
+            max_chunk_rows: None,
+        };
         let e = reference(&[0.0; 7], &[1.0; 3], &p).unwrap_err().to_string();
         assert!(e.contains("not a multiple of d = 3"), "{e}");
         let e = reference(&[0.0; 6], &[1.0; 2], &p).unwrap_err().to_string();

@@ -53,7 +53,10 @@ pub struct WeightedSumParams {
 /// Checks shapes; returns (M, N, Σw).
 fn check(xs: &[&[f32]], w: &[f32], normalize: bool) -> Result<(usize, usize, f32), OpError> {
     if xs.is_empty() {
-        return Err(OpError::shape(KERNEL, "needs at least one input tensor, got 0"));
+        return Err(OpError::shape(
+            KERNEL,
+            "needs at least one input tensor, got 0",
+        ));
     }
     if xs.len() != w.len() {
         return Err(OpError::shape(
@@ -100,7 +103,12 @@ pub fn reference(xs: &[&[f32]], w: &[f32], normalize: bool) -> Result<Vec<f32>, 
 }
 
 /// The chunk capacity C (elements per model per chunk) for M inputs of N elements.
-pub fn chunk_capacity(ctx: &GpuContext, m: usize, n: usize, max_chunk_elems: Option<usize>) -> usize {
+pub fn chunk_capacity(
+    ctx: &GpuContext,
+    m: usize,
+    n: usize,
+    max_chunk_elems: Option<usize>,
+) -> usize {
     let per_binding = (ctx.max_binding_bytes() / 4 / m.max(1) as u64) as usize;
     let mut c = per_binding.min(n).min(u32::MAX as usize);
     if let Some(cap) = max_chunk_elems {
@@ -123,7 +131,10 @@ pub fn encode(
     if meta.n > meta.stride && meta.m > 1 {
         return Err(OpError::shape(
             KERNEL,
-            format!("chunk of n = {} elements exceeds the stride {}", meta.n, meta.stride),
+            format!(
+                "chunk of n = {} elements exceeds the stride {}",
+                meta.n, meta.stride
+            ),
         ));
     }
     let pipeline = ctx.pipeline(KERNEL, WGSL).op(KERNEL)?;
@@ -133,7 +144,9 @@ pub fn encode(
         &pipeline,
         &[meta_buf.as_entire_buffer_binding(), w, x, out],
     );
-    let grid = ctx.grid(KERNEL, (meta.n as u64).div_ceil(WORKGROUP_SIZE as u64)).op(KERNEL)?;
+    let grid = ctx
+        .grid(KERNEL, (meta.n as u64).div_ceil(WORKGROUP_SIZE as u64))
+        .op(KERNEL)?;
     encode_pass(enc, KERNEL, &pipeline, &bind, grid);
     Ok(())
 }
@@ -153,9 +166,15 @@ pub async fn weighted_sum(
     let c = chunk_capacity(ctx, m, n, params.max_chunk_elems);
     let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
     let w_buf = ctx.upload_f32("weighted_sum.w", w).op(KERNEL)?;
-    let x_buf = ctx.buffer("weighted_sum.x", (m * c * 4) as u64, storage).op(KERNEL)?;
+    let x_buf = ctx
+        .buffer("weighted_sum.x", (m * c * 4) as u64, storage)
+        .op(KERNEL)?;
     let out_buf = ctx
-        .buffer("weighted_sum.out", (c * 4) as u64, storage | wgpu::BufferUsages::COPY_SRC)
+        .buffer(
+            "weighted_sum.out",
+            (c * 4) as u64,
+            storage | wgpu::BufferUsages::COPY_SRC,
+        )
         .op(KERNEL)?;
 
     let mut out = Vec::with_capacity(n);
@@ -176,7 +195,9 @@ pub async fn weighted_sum(
         };
         let mut enc = ctx
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(KERNEL) });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some(KERNEL),
+            });
         encode(
             ctx,
             &mut enc,
@@ -186,7 +207,10 @@ pub async fn weighted_sum(
             out_buf.binding((len * 4) as u64),
         )?;
         ctx.queue.submit([enc.finish()]);
-        let part = ctx.read_f32("weighted_sum.out readback", &out_buf, 0, len).await.op(KERNEL)?;
+        let part = ctx
+            .read_f32("weighted_sum.out readback", &out_buf, 0, len)
+            .await
+            .op(KERNEL)?;
         out.extend_from_slice(&part);
         start += len;
     }
@@ -212,11 +236,20 @@ mod tests {
     fn shape_errors_name_the_problem() {
         let a = [1.0f32, 2.0];
         let b = [1.0f32];
-        let e = reference(&[&a, &b], &[1.0, 1.0], false).unwrap_err().to_string();
-        assert!(e.contains("input 0 has 2 elements but input 1 has 1"), "{e}");
-        let e = reference(&[&a], &[1.0, 2.0], false).unwrap_err().to_string();
+        let e = reference(&[&a, &b], &[1.0, 1.0], false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("input 0 has 2 elements but input 1 has 1"),
+            "{e}"
+        );
+        let e = reference(&[&a], &[1.0, 2.0], false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1 input tensors but 2 weights"), "{e}");
-        let e = reference(&[&a, &a], &[1.0, -1.0], true).unwrap_err().to_string();
+        let e = reference(&[&a, &a], &[1.0, -1.0], true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sum to 0"), "{e}");
     }
 }

@@ -38,9 +38,14 @@ pub async fn check_weighted_sum(
     max_chunk_elems: Option<usize>,
 ) {
     let m = w.len();
-    let xs: Vec<Vec<f32>> = (0..m).map(|k| data(1000 + k as u64 + n as u64, n, 2.0)).collect();
+    let xs: Vec<Vec<f32>> = (0..m)
+        .map(|k| data(1000 + k as u64 + n as u64, n, 2.0))
+        .collect();
     let refs: Vec<&[f32]> = xs.iter().map(|x| x.as_slice()).collect();
-    let params = weighted_sum::WeightedSumParams { normalize, max_chunk_elems };
+    let params = weighted_sum::WeightedSumParams {
+        normalize,
+        max_chunk_elems,
+    };
     let gpu = weighted_sum::weighted_sum(ctx, &refs, w, &params)
         .await
         .unwrap_or_else(|e| panic!("weighted_sum (M={m}, N={n}) failed on the GPU: {e}"));
@@ -52,7 +57,8 @@ pub async fn check_weighted_sum(
         let s: f64 = (0..m).map(|k| (w[k] as f64 * xs[k][i] as f64).abs()).sum();
         // Tolerance: each of the M steps of acc += w·x rounds (or is fused into an FMA) on
         // either side: ≤ 2(M+1)·ε·Σ|w·x|; WGSL division is accurate to 2.5 ulp: + 3ε·|out|.
-        let tol = 2.0 * (m as f64 + 1.0) * EPS * s / denom + 3.0 * EPS * (cpu[i] as f64).abs() + 1e-30;
+        let tol =
+            2.0 * (m as f64 + 1.0) * EPS * s / denom + 3.0 * EPS * (cpu[i] as f64).abs() + 1e-30;
         let diff = (gpu[i] as f64 - cpu[i] as f64).abs();
         assert!(
             diff <= tol,
@@ -67,7 +73,11 @@ pub async fn check_weighted_sum(
 pub async fn check_rmsnorm(ctx: &GpuContext, t: usize, d: usize, max_chunk_rows: Option<usize>) {
     let x = data(7 + (t * 31 + d) as u64, t * d, 3.0);
     let w = data(99 + d as u64, d, 1.5);
-    let p = rmsnorm::RmsNormParams { d, eps: 1e-5, max_chunk_rows };
+    let p = rmsnorm::RmsNormParams {
+        d,
+        eps: 1e-5,
+        max_chunk_rows,
+    };
     let gpu = rmsnorm::rmsnorm(ctx, &x, &w, &p)
         .await
         .unwrap_or_else(|e| panic!("rmsnorm (T={t}, d={d}) failed on the GPU: {e}"));
@@ -130,10 +140,16 @@ pub async fn check_matmul(ctx: &GpuContext, m: usize, n: usize, k: usize) {
         .await
         .unwrap_or_else(|e| panic!("matmul (M={m}, N={n}, K={k}) failed on the GPU: {e}"));
     let cpu = matmul::reference(&a, &b, &p).unwrap();
-    assert_eq!(gpu.len(), m * n, "matmul (M={m}, N={n}, K={k}): output length");
+    assert_eq!(
+        gpu.len(),
+        m * n,
+        "matmul (M={m}, N={n}, K={k}): output length"
+    );
     for i in 0..m {
         for j in 0..n {
-            let s: f64 = (0..k).map(|t| (a[i * k + t] as f64 * b[j * k + t] as f64).abs()).sum();
+            let s: f64 = (0..k)
+                .map(|t| (a[i * k + t] as f64 * b[j * k + t] as f64).abs())
+                .sum();
             // Tolerance: both sum in k order; each step may round (or fuse) differently on
             // either side: |diff| ≤ 2·K·ε·Σ_k |A[i,k]·B[j,k]| (the classic γ_K bound, doubled).
             let tol = 2.0 * k as f64 * EPS * s + 1e-30;
@@ -173,8 +189,15 @@ pub async fn chained_rmsnorm_matmul(ctx: &GpuContext) {
     let y_buf = ctx.buffer("chain.y", (t * n * 4) as u64, usage).unwrap();
     let mut enc = ctx
         .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("chain") });
-    let norm_meta = rmsnorm::Meta { rows: t as u32, d: d as u32, eps: 1e-5, _pad: 0 };
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("chain"),
+        });
+    let norm_meta = rmsnorm::Meta {
+        rows: t as u32,
+        d: d as u32,
+        eps: 1e-5,
+        _pad: 0,
+    };
     rmsnorm::encode(
         ctx,
         &mut enc,
@@ -184,7 +207,12 @@ pub async fn chained_rmsnorm_matmul(ctx: &GpuContext) {
         h_buf.binding((t * d * 4) as u64),
     )
     .unwrap();
-    let mm_meta = matmul::Meta { m: t as u32, n: n as u32, k: d as u32, _pad: 0 };
+    let mm_meta = matmul::Meta {
+        m: t as u32,
+        n: n as u32,
+        k: d as u32,
+        _pad: 0,
+    };
     matmul::encode(
         ctx,
         &mut enc,
@@ -195,14 +223,23 @@ pub async fn chained_rmsnorm_matmul(ctx: &GpuContext) {
     )
     .unwrap();
     ctx.queue.submit([enc.finish()]);
-    let y = ctx.read_f32("chain.y readback", &y_buf, 0, t * n).await.unwrap();
+    let y = ctx
+        .read_f32("chain.y readback", &y_buf, 0, t * n)
+        .await
+        .unwrap();
 
-    let p = rmsnorm::RmsNormParams { d, eps: 1e-5, max_chunk_rows: None };
+    let p = rmsnorm::RmsNormParams {
+        d,
+        eps: 1e-5,
+        max_chunk_rows: None,
+    };
     let h = rmsnorm::reference(&x, &w_norm, &p).unwrap();
     let y_ref = matmul::reference(&h, &w, &matmul::MatmulParams { m: t, n, k: d }).unwrap();
     for i in 0..t {
         for j in 0..n {
-            let s: f64 = (0..d).map(|k| (h[i * d + k] as f64 * w[j * d + k] as f64).abs()).sum();
+            let s: f64 = (0..d)
+                .map(|k| (h[i * d + k] as f64 * w[j * d + k] as f64).abs())
+                .sum();
             // Tolerance: h carries the RMSNorm error (≤ 1e-5 relative, see check_rmsnorm), which
             // moves y by ≤ 1e-5·Σ|h·W|; the product adds ≤ 2·d·ε·Σ|h·W| (see check_matmul).
             let tol = (1e-5 + 2.0 * d as f64 * EPS) * s;
