@@ -92,8 +92,8 @@ fn ops_chain_on_gpu_resident_buffers() {
     pollster::block_on(chained_rmsnorm_matmul(&ctx));
 }
 
-/// Prints end-to-end throughput (upload + dispatch + readback) of the f32 matmul: a figure for
-/// the report, not an assertion.
+/// Prints the f32 matmul's throughput, end to end (upload + dispatch + readback) and kernel only,
+/// next to the naive CPU reference: figures for the report, not assertions.
 #[test]
 fn matmul_throughput_report() {
     let ctx = ctx();
@@ -101,7 +101,7 @@ fn matmul_throughput_report() {
     let a = data(1, m * k, 1.0);
     let b = data(2, n * k, 1.0);
     let p = crucible::ops::matmul::MatmulParams { m, n, k };
-    for run in 0..3 {
+    for run in 0..2 {
         let t = std::time::Instant::now();
         let c = pollster::block_on(crucible::ops::matmul::matmul(&ctx, &a, &b, &p)).unwrap();
         let s = t.elapsed().as_secs_f64();
@@ -113,6 +113,48 @@ fn matmul_throughput_report() {
             ctx.adapter_info.name
         );
     }
+    // Kernel only: operands resident, 4 dispatches in one submit, one small readback.
+    let a_buf = ctx.upload_f32("bench.a", &a).unwrap();
+    let b_buf = ctx.upload_f32("bench.b", &b).unwrap();
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    let c_buf = ctx.buffer("bench.c", (m * n * 4) as u64, usage).unwrap();
+    let meta = crucible::ops::matmul::Meta {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        _pad: 0,
+    };
+    let reps = 4;
+    let t = std::time::Instant::now();
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    for _ in 0..reps {
+        crucible::ops::matmul::encode(
+            &ctx,
+            &mut enc,
+            &meta,
+            a_buf.binding((m * k * 4) as u64),
+            b_buf.binding((n * k * 4) as u64),
+            c_buf.binding((m * n * 4) as u64),
+        )
+        .unwrap();
+    }
+    ctx.queue.submit([enc.finish()]);
+    pollster::block_on(ctx.read_f32("bench.c", &c_buf, 0, 1)).unwrap();
+    let s = t.elapsed().as_secs_f64() / reps as f64;
+    println!(
+        "matmul kernel only: {:.1} ms per dispatch, {:.2} GFLOP/s",
+        s * 1e3,
+        2.0 * (m * n * k) as f64 / s / 1e9
+    );
+    let t = std::time::Instant::now();
+    let c = crucible::ops::matmul::reference(&a, &b, &p).unwrap();
+    let s = t.elapsed().as_secs_f64();
+    assert_eq!(c.len(), m * n);
+    println!(
+        "matmul CPU reference (naive, 1 thread): {:.1} ms, {:.2} GFLOP/s",
+        s * 1e3,
+        2.0 * (m * n * k) as f64 / s / 1e9
+    );
 }
 
 #[test]
