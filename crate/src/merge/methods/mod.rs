@@ -350,10 +350,10 @@ impl<'a> Ctx<'a> {
                 return Err(bad(format!("model {} has {} values but shape {:?} needs {}", m.model, m.data.len(), inputs.shape, numel)));
             }
         }
-        if let Some(b) = inputs.base {
-            if b >= inputs.models.len() {
-                return Err(bad(format!("base index {b} is out of range for {} models", inputs.models.len())));
-            }
+        if let Some(b) = inputs.base
+            && b >= inputs.models.len()
+        {
+            return Err(bad(format!("base index {b} is out of range for {} models", inputs.models.len())));
         }
         let base = match info.base {
             BaseUse::Ignored => None,
@@ -368,11 +368,11 @@ impl<'a> Ctx<'a> {
         if others.len() < info.min_models {
             return Err(bad(format!("needs at least {} {what}, got {}", info.min_models, others.len())));
         }
-        if let Some(max) = info.max_models {
-            if others.len() > max {
-                let expect = if max == info.min_models { format!("exactly {max}") } else { format!("at most {max}") };
-                return Err(bad(format!("needs {expect} {what}, got {}", others.len())));
-            }
+        if let Some(max) = info.max_models
+            && others.len() > max
+        {
+            let expect = if max == info.min_models { format!("exactly {max}") } else { format!("at most {max}") };
+            return Err(bad(format!("needs {expect} {what}, got {}", others.len())));
         }
         Ok(Ctx { method, inputs, dt: inputs.dtype, numel, base, others })
     }

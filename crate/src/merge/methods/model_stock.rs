@@ -61,7 +61,7 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
             out[j] = r(r(t * average[j]) + r(one_minus_t * w0[j]));
         }
     };
-    if filter_wise && shape.len() >= 1 {
+    if filter_wise && !shape.is_empty() {
         for_each_line(shape, shape.len() - 1, &mut merge_line);
     } else {
         merge_line(Line::whole(ctx.numel));
@@ -90,7 +90,7 @@ mod tests {
         // mean = [2, 1.5] (base [1,1] + [1, 0.5]); out = t·mean + (1−t)·base
         //      = [1 + t, 1 + 0.5t] = [1.8284271, 1.4142135]
         let o = Owned::new(&[2]).base_model(&[1.0, 1.0]).model(&[2.0, 1.0], &[]).model(&[2.0, 2.0], &[]);
-        assert_close(&o.run(Method::ModelStock).unwrap(), &[1.828_427_1, 1.414_213_5], 1e-6);
+        assert_close(&o.run(Method::ModelStock).unwrap(), &[1.828_427_1, std::f32::consts::SQRT_2], 1e-6);
         // opposite (cos = −1) with N = 2: denominator 0 → singular → t = 0 → base
         let o = Owned::new(&[2]).base_model(&[1.0, 1.0]).model(&[2.0, 1.0], &[]).model(&[0.0, 1.0], &[]);
         assert_eq!(o.run(Method::ModelStock).unwrap(), vec![1.0, 1.0]);

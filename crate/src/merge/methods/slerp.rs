@@ -40,10 +40,11 @@ pub(crate) fn slerp(t: f32, a: &[f32], b: &[f32]) -> Vec<f32> {
     }
     let mut na = chunked_norm(a);
     let mut nb = chunked_norm(b);
-    if !(na > EPS) {
+    // torch.where(norm > eps, norm, 1): NaN norms also become 1
+    if na.is_nan() || na <= EPS {
         na = 1.0;
     }
-    if !(nb > EPS) {
+    if nb.is_nan() || nb <= EPS {
         nb = 1.0;
     }
     let mut dot = 0.0f32;
@@ -74,7 +75,7 @@ mod tests {
         assert_close(&o.run(Method::Slerp).unwrap(), &[0.707_106_77, 0.707_106_77], 1e-6);
         // un-normalized inputs: a = [2,0], b = [0,4], t = 0.5 → [2·0.7071, 4·0.7071]
         let o = Owned::new(&[2]).base_model(&[2.0, 0.0]).model(&[0.0, 4.0], &[]).global(&[("t", f(0.5))]);
-        assert_close(&o.run(Method::Slerp).unwrap(), &[1.414_213_5, 2.828_427], 1e-6);
+        assert_close(&o.run(Method::Slerp).unwrap(), &[std::f32::consts::SQRT_2, 2.828_427], 1e-6);
         // t = 1/3 on θ = π/2: coefficients sin(π/3) = 0.8660254, sin(π/6) = 0.5
         let o = Owned::new(&[2]).base_model(&[1.0, 0.0]).model(&[0.0, 1.0], &[]).global(&[("t", f(1.0 / 3.0))]);
         assert_close(&o.run(Method::Slerp).unwrap(), &[0.866_025_4, 0.5], 1e-6);

@@ -61,6 +61,9 @@ fn py_slice(len: usize, start: i128, end: i128) -> std::ops::Range<usize> {
     s..e.max(s)
 }
 
+/// Draws a keep mask: `(n, p)` → n booleans, element j kept with probability `p(j)`.
+pub type Draw<'a> = dyn FnMut(usize, &dyn Fn(usize) -> f32) -> Vec<bool> + 'a;
+
 /// Index vectors are u32 (half the memory of usize for embedding-sized tensors).
 fn check_len(n: usize) -> Result<(), SparsifyError> {
     if n > u32::MAX as usize {
@@ -158,12 +161,12 @@ pub fn bernoulli(
     density: f64,
     rescale: bool,
     dt: DType,
-    draw: &mut dyn FnMut(usize, &dyn Fn(usize) -> f32) -> Vec<bool>,
+    draw: &mut Draw,
 ) -> Result<Vec<f32>, SparsifyError> {
     if density >= 1.0 {
         return Ok(d.to_vec());
     }
-    if !(density >= 0.0) {
+    if density.is_nan() || density < 0.0 {
         return Err(SparsifyError { param: Some("density"), message: format!("must be in [0, 1] for random drop, got {density}") });
     }
     let w = bernoulli_work_dtype(dt);
@@ -189,7 +192,7 @@ pub fn della_magprune(
     epsilon: f64,
     rescale: bool,
     dt: DType,
-    draw: &mut dyn FnMut(usize, &dyn Fn(usize) -> f32) -> Vec<bool>,
+    draw: &mut Draw,
 ) -> Result<Vec<f32>, SparsifyError> {
     if density.is_nan() {
         return Err(SparsifyError { param: Some("density"), message: "must be a number, got NaN".into() });
@@ -333,7 +336,7 @@ mod tests {
         let d = [0.5f32, -0.1, 0.3, 0.2, -0.4];
         let mut seen = Vec::new();
         let mut draw = |n: usize, p: &dyn Fn(usize) -> f32| {
-            seen = (0..n).map(|j| p(j)).collect();
+            seen = (0..n).map(p).collect();
             vec![true; n]
         };
         let out = della_magprune(&d, &[5], 0.5, 0.2, true, DType::F32, &mut draw).unwrap();
@@ -350,7 +353,7 @@ mod tests {
         // 2-D: lines along axis 1 (rows)
         let mut seen2 = Vec::new();
         let mut draw2 = |n: usize, p: &dyn Fn(usize) -> f32| {
-            seen2 = (0..n).map(|j| p(j)).collect();
+            seen2 = (0..n).map(p).collect();
             vec![false; n]
         };
         let out = della_magprune(&[1.0, 2.0, 4.0, 3.0], &[2, 2], 0.5, 0.1, true, DType::F32, &mut draw2).unwrap();
