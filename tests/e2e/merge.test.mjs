@@ -83,6 +83,39 @@ async function downloadResult(page, file) {
   return readFileSync(path);
 }
 
+/** CRC-32 (IEEE), bitwise: an independent check of the page's table-driven one. */
+function crc32(buf) {
+  let c = 0xffffffff;
+  for (const b of buf) {
+    c ^= b;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
+  }
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/** Entries of a stored (method 0) zip, checked against its central directory and CRCs. */
+function readStoredZip(zip) {
+  const eocd = zip.length - 22;
+  assert.equal(zip.readUInt32LE(eocd), 0x06054b50, 'end of central directory');
+  const count = zip.readUInt16LE(eocd + 10);
+  let cd = zip.readUInt32LE(eocd + 16);
+  const entries = [];
+  for (let i = 0; i < count; i++) {
+    assert.equal(zip.readUInt32LE(cd), 0x02014b50, 'central directory header');
+    const crc = zip.readUInt32LE(cd + 16), size = zip.readUInt32LE(cd + 24), nameLen = zip.readUInt16LE(cd + 28);
+    const name = zip.subarray(cd + 46, cd + 46 + nameLen).toString();
+    const local = zip.readUInt32LE(cd + 42);
+    assert.equal(zip.readUInt32LE(local), 0x04034b50, 'local header');
+    assert.equal(zip.readUInt16LE(local + 8), 0, 'stored');
+    const start = local + 30 + zip.readUInt16LE(local + 26) + zip.readUInt16LE(local + 28);
+    const data = zip.subarray(start, start + size);
+    assert.equal(crc32(data), crc, `CRC of ${name}`);
+    entries.push({ name, data });
+    cd += 46 + nameLen + zip.readUInt16LE(cd + 30) + zip.readUInt16LE(cd + 32);
+  }
+  return entries;
+}
+
 before(async () => {
   assert.ok(existsSync(join(DIST, 'index.html')), 'dist/ is missing: run `npm run build` (scripts/test.sh does) first');
   assert.ok(existsSync(CLI), `${CLI} is missing: run \`cargo build -p crucible --bin crucible\` first`);
@@ -113,6 +146,14 @@ describe('Merge tab', () => {
     await page.click('#demo-btn');
     assert.equal(await page.locator('.model-card').count(), 3);
     await page.waitForSelector('#recipe-status.ok');
+    // ...and merges with one more click.
+    const res = await runMerge(page);
+    assert.ok(res.ok, res.text);
+    assert.match(res.text, /21 tensors/);
+    const st = await downloadResult(page, 'model.safetensors');
+    const headerLen = Number(st.readBigUInt64LE(0));
+    const header = JSON.parse(st.subarray(8, 8 + headerLen).toString());
+    assert.equal(Object.keys(header).filter((k) => k !== '__metadata__').length, 21);
     assert.deepEqual(errors, []);
     await context.close();
   });
@@ -128,7 +169,14 @@ describe('Merge tab', () => {
       await input.dispatchEvent('change');
       await page.waitForSelector(`.model-card[data-model="${names[i]}"]`);
     }
-    for (const n of names) await setModelFiles(page, n, modelFilePaths(join(FIX, n)));
+    // models/ft_a through the folder picker (webkitdirectory), the others file by file.
+    await page.locator('.model-card[data-model="models/ft_a"] input.dir-input').setInputFiles(join(FIX, 'models/ft_a'));
+    await page.locator('.model-card[data-model="models/ft_a"] .file-list li').first().waitFor();
+    assert.deepEqual(
+      (await page.locator('.model-card[data-model="models/ft_a"] .file-name').allTextContents()).sort(),
+      readdirSync(join(FIX, 'models/ft_a')).sort(),
+    );
+    for (const n of ['models/base', 'models/ft_b']) await setModelFiles(page, n, modelFilePaths(join(FIX, n)));
     await page.selectOption('#method-select', 'ties');
     await page.selectOption('#base-select', 'models/base');
     // Per-model parameters of the two fine-tunes.
@@ -150,6 +198,15 @@ describe('Merge tab', () => {
     assert.equal(sha256(got), sha256(readFileSync(join(cli, 'model.safetensors'))));
     const cfg = await downloadResult(page, 'config.json');
     assert.equal(cfg.toString(), readFileSync(join(cli, 'config.json'), 'utf8'));
+    // "Download all": a stored zip holding the same files, CRCs right.
+    const [zdl] = await Promise.all([page.waitForEvent('download'), page.click('#zip-btn')]);
+    assert.equal(zdl.suggestedFilename(), 'merged-model.zip');
+    const zpath = join(work, 'merged.zip');
+    await zdl.saveAs(zpath);
+    const entries = readStoredZip(readFileSync(zpath));
+    const listed = await page.$$eval('a.download', (as) => as.map((a) => a.dataset.file));
+    assert.deepEqual(entries.map((e) => e.name), listed);
+    assert.equal(sha256(entries.find((e) => e.name === 'model.safetensors').data), sha256(got));
     assert.deepEqual(errors, []);
     await context.close();
   });
@@ -273,6 +330,24 @@ describe('Merge tab', () => {
     assert.match(await page.textContent('#recipe-status'), /tiess/);
     assert.match(await page.textContent('#recipe-status'), /dare_ties/);
     assert.equal(downloads.length, 0);
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  it('dropping a .safetensors with its config.json adds a model named after the file', async () => {
+    const { page, context, errors } = await newPage();
+    const payload = ['model.safetensors', 'config.json'].map((f) => ({ name: f === 'model.safetensors' ? 'ft_b.safetensors' : f, b64: readFileSync(join(FIX, 'models/ft_b', f)).toString('base64') }));
+    await page.evaluate((files) => {
+      const dt = new DataTransfer();
+      for (const f of files) dt.items.add(new File([Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0))], f.name));
+      const zone = document.querySelector('#drop-zone');
+      zone.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));
+      zone.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }, payload);
+    await page.waitForSelector('.model-card[data-model="ft_b"]');
+    const files = await page.locator('.model-card[data-model="ft_b"] .file-name').allTextContents();
+    assert.deepEqual(files.sort(), ['config.json', 'ft_b.safetensors']);
+    assert.match(await page.inputValue('#yaml-text'), /- model: ft_b/);
     assert.deepEqual(errors, []);
     await context.close();
   });
