@@ -5,11 +5,26 @@
 //!
 //! Precision: every input arrives widened to f32 from `MergeInputs::dtype` (D). mergekit returns
 //! each merged tensor in D, and most methods compute in D (torch ops on bf16/f16 tensors round
-//! after every op). Each method emulates that with `DType::round` after each torch op, and
-//! reductions (sums, norms) accumulate in f64 and round once, as torch's CPU reductions
-//! accumulate bf16/f16 in f32 and round the result once. For f32 inputs `round` is the
-//! identity. Transcendental functions come from the `libm` crate so native and wasm builds give
-//! identical bits.
+//! after every op). Each method emulates that with `DType::round` after each torch op. Sums over
+//! the model axis accumulate in f32 in model order and round once (as torch's CPU kernels do);
+//! reductions over a tensor or a line (L1 norms, L2 norms, dots) accumulate in f64 and round
+//! once. For f32 inputs `round` is the identity. Transcendental functions come from the `libm`
+//! crate, so native and wasm builds give identical bits.
+//!
+//! Checked against mergekit 0.1.5's own functions on random f32/bf16/f16 inputs (throwaway
+//! harness; the committed bit-exact cases are in `mergekit_oracle_tests.rs`): bit-identical
+//! except for these known deviations:
+//! * f32 tensor/line reductions: torch sums in f32 with a cascade (and, for large tensors,
+//!   per-thread chunks); our f64 sums are correctly rounded, so norms, dots and L1 rescale
+//!   factors can differ by an ulp, giving ~1e-7 relative differences (nuslerp row-wise,
+//!   multislerp, karcher, model_stock, sce, rescaled dare/della/ties).
+//! * Ties in magnitude: torch's CPU sort/topk is unstable (x86-simd-sort, std::sort); we break
+//!   ties by index. Only equal |Δ| are affected, which is common for bf16/f16 task vectors
+//!   (ties, breadcrumbs*, della* ranks, sce select_topk).
+//! * Random masks (dare_*, della*) come from `rng::Randomness`, not torch's generator.
+//! * arcee_fusion: exact quantiles above 10⁶ elements (mergekit samples randomly); softmax
+//!   `exp` may differ from torch's by an ulp.
+//! * linear with `normalize` and Σw = 0 is an error here (mergekit writes inf/NaN).
 
 mod arcee_fusion;
 mod karcher;
