@@ -25,10 +25,27 @@ use crate::merge::methods::Method;
 use crate::merge::recipe::{Recipe, RecipeError};
 use crate::merge::run::{run_merge, MergeOptions, Progress};
 
-/// Runs once when the module is instantiated.
+thread_local! {
+    /// The message of the last panic (a bug), for `last_panic`.
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs once when the module is instantiated: panics (bugs: bad input is an error value, never a
+/// panic) are logged with their message and kept for `last_panic`.
 #[wasm_bindgen(start)]
 pub fn start() {
-    console_error_panic_hook::set_once();
+    std::panic::set_hook(Box::new(|info| {
+        console_error_panic_hook::hook(info);
+        let msg = info.to_string();
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(msg));
+    }));
+}
+
+/// The message of the last panic, if one happened. After a panic the module's state is not to be
+/// trusted: the page shows this message and replaces the worker.
+#[wasm_bindgen]
+pub fn last_panic() -> Option<String> {
+    LAST_PANIC.with(|p| p.borrow().clone())
 }
 
 /// The crate version (shown in the page footer).

@@ -406,6 +406,12 @@ function renderForm() {
       const name = typeof entry.model === 'string' ? entry.model : '?';
       const row = el('div', { class: 'model-params-row' });
       row.append(el('div', { class: 'model-params-name' }, name + (tree.base_model === name ? ' (base)' : '')));
+      if (m && m.base !== 'ignored' && tree.base_model === name && !isObj(entry.parameters)) {
+        // Methods with a base model compute relative to it: its own weight/density are unused.
+        row.append(el('p', { class: 'hint' }, `the base model: ${m.name} does not use its per-model parameters`));
+        pm.append(row);
+        continue;
+      }
       const fields = el('div', { class: 'params inline' });
       for (const spec of modelSpecs) {
         fields.append(
@@ -550,6 +556,10 @@ function onWorkerMessage(m: FromWorker) {
     finishRun('ok', `Done in ${(m.ms / 1000).toFixed(2)} s: ${r.tensors} tensors, ${r.parameters.toLocaleString('en-US')} parameters, ${formatBytes(r.bytes_written)} written.`);
     showResults(m.files);
   } else if (m.type === 'error') {
+    if (m.fatal) {
+      worker?.terminate();
+      worker = newWorker();
+    }
     finishRun('error', m.message);
   }
 }

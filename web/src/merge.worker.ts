@@ -1,7 +1,7 @@
 // The merge runs here, off the UI thread: the engine reads the picked files synchronously
 // (FileReaderSync, one tensor at a time) and streams each output file back in chunks.
 // Cancel = the page terminates this worker (and starts a fresh one): nothing half-written escapes.
-import init, { merge } from '../pkg/crucible.js';
+import init, { last_panic, merge } from '../pkg/crucible.js';
 
 export type ToWorker = {
   type: 'merge';
@@ -15,7 +15,7 @@ export type FromWorker =
   | { type: 'ready' }
   | { type: 'progress'; done_tensors: number; total_tensors: number; done_bytes: number; total_bytes: number; tensor: string }
   | { type: 'done'; files: { name: string; blob: Blob }[]; ms: number; report: { tensors: number; parameters: number; bytes_written: number } }
-  | { type: 'error'; message: string };
+  | { type: 'error'; message: string; fatal?: boolean };
 
 const ctx = globalThis as unknown as {
   postMessage(m: FromWorker): void;
@@ -55,7 +55,14 @@ ctx.addEventListener('message', async (e) => {
     ));
     ctx.postMessage({ type: 'done', files: done, ms: performance.now() - t0, report });
   } catch (err) {
-    ctx.postMessage({ type: 'error', message: err instanceof Error ? err.message : String(err) });
+    // A trap (a bug, not bad input) leaves the module unusable: say what panicked, and the page
+    // replaces this worker.
+    if (err instanceof WebAssembly.RuntimeError) {
+      const panic = last_panic();
+      ctx.postMessage({ type: 'error', fatal: true, message: `internal error (please report it): ${panic ?? err.message}` });
+    } else {
+      ctx.postMessage({ type: 'error', message: err instanceof Error ? err.message : String(err) });
+    }
   }
 });
 
