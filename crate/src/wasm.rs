@@ -99,7 +99,9 @@ pub fn parse_recipe(yaml: &str) -> Result<String, JsError> {
 ///   (`model.safetensors`, `config.json`, `model-00001-of-00002.safetensors`, ...) to `File`, or an
 ///   array of `File`s (keyed by `File.name`).
 /// - `seed`: decimal u64 for the random methods (DARE, DELLA); the CLI's `--seed` gives the same bytes.
-/// - `out_shard_size`: bytes per output shard (like `--out-shard-size`), or `undefined` for one file.
+/// - `out_shard_size`: tensor bytes per output file, like the CLI's `--out-shard-size` (`"500M"`,
+///   `"5B"`: K/M/B = thousand/million/billion; `"0"` never shards), or `undefined`/`""` for
+///   mergekit's default.
 /// - `on_progress({done_tensors, total_tensors, done_bytes, total_bytes, tensor})` after each tensor.
 /// - `on_output(kind, file, chunk)`: `kind` is `"create"`, `"chunk"` (with a `Uint8Array` that JS
 ///   owns), `"finish"` (the file is complete) or `"abort"` (an error: discard the file).
@@ -110,16 +112,15 @@ pub fn merge(
     recipe_yaml: &str,
     files: JsValue,
     seed: &str,
-    out_shard_size: Option<f64>,
+    out_shard_size: Option<String>,
     on_progress: Function,
     on_output: Function,
 ) -> Result<String, JsError> {
     let recipe = Recipe::from_yaml(recipe_yaml).map_err(|e| JsError::new(&e.to_string()))?;
     let seed: u64 = seed.trim().parse().map_err(|_| JsError::new(&format!("seed {seed:?} is not a whole number between 0 and 18446744073709551615")))?;
-    let out_shard_size = match out_shard_size {
-        None => None,
-        Some(s) if s.is_finite() && s >= 1.0 && s.fract() == 0.0 => Some(s as u64),
-        Some(s) => return Err(JsError::new(&format!("output shard size {s} is not a positive whole number of bytes"))),
+    let out_shard_size = match out_shard_size.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) => Some(crate::formats::parse_size(s).map_err(|e| JsError::new(&format!("output shard size: {e}")))?),
     };
     let models = read_model_files(&files).map_err(|m| JsError::new(&m))?;
     // A model may be opened more than once (the base model is often also listed in `models:`):

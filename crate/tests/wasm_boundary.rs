@@ -225,10 +225,12 @@ fn truncated_file_error_names_model_and_file() {
 }
 
 #[wasm_bindgen_test]
-fn bad_seed_is_an_error_not_a_panic() {
+fn bad_seed_or_shard_size_is_an_error_not_a_panic() {
     let noop = Function::new_no_args("");
-    let e = crucible::wasm::merge(RECIPE, Map::new().into(), "-1", None, noop.clone(), noop).map(|_| ()).map_err(js_error_message).unwrap_err();
+    let e = crucible::wasm::merge(RECIPE, Map::new().into(), "-1", None, noop.clone(), noop.clone()).map(|_| ()).map_err(js_error_message).unwrap_err();
     assert!(e.contains("seed"), "{e}");
+    let e = crucible::wasm::merge(RECIPE, Map::new().into(), "0", Some("12Q".into()), noop.clone(), noop).map(|_| ()).map_err(js_error_message).unwrap_err();
+    assert!(e.contains("output shard size") && e.contains("12Q"), "{e}");
 }
 
 #[wasm_bindgen_test]

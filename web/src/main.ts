@@ -315,6 +315,7 @@ function parseParam(text: string): Json | undefined {
 
 function showParam(v: Json | undefined): string {
   if (v === undefined || v === null) return '';
+  if (Array.isArray(v) && v.every((x) => x === null || typeof x !== 'object')) return '[' + v.map((x) => JSON.stringify(x)).join(', ') + ']';
   return typeof v === 'object' ? JSON.stringify(v) : String(v);
 }
 
@@ -540,7 +541,8 @@ function startMerge() {
   bar.removeAttribute('value'); // indeterminate until the first tensor
   $('progress-text').textContent = 'reading headers…';
   setRunStatus('info', 'Merging…');
-  const msg: ToWorker = { type: 'merge', yaml: yamlText, files, seed };
+  const shard = $<HTMLInputElement>('shard-input').value.trim();
+  const msg: ToWorker = { type: 'merge', yaml: yamlText, files, seed, outShardSize: shard || undefined };
   worker.postMessage(msg);
 }
 

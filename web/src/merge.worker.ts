@@ -8,7 +8,7 @@ export type ToWorker = {
   yaml: string;
   files: Map<string, Map<string, File>>;
   seed: string;
-  outShardSize?: number;
+  outShardSize?: string;
 };
 
 export type FromWorker =
