@@ -33,7 +33,9 @@ ctx.addEventListener('message', async (e) => {
     ctx.postMessage({ type: 'error', message: `could not load the engine: ${String(err)}` });
     return;
   }
-  const parts = new Map<string, BlobPart[]>();
+  // Each chunk becomes a Blob at once, so the browser's blob store holds the output (and pages it
+  // to disk when it is large) instead of this worker's heap; the file's Blob is their concatenation.
+  const parts = new Map<string, Blob[]>();
   const done: { name: string; blob: Blob }[] = [];
   const t0 = performance.now();
   try {
@@ -46,7 +48,7 @@ ctx.addEventListener('message', async (e) => {
         ctx.postMessage({ type: 'progress', ...p }),
       (kind: string, file: string, arg: unknown) => {
         if (kind === 'create') parts.set(file, []);
-        else if (kind === 'chunk') parts.get(file)?.push(arg as Uint8Array<ArrayBuffer>);
+        else if (kind === 'chunk') parts.get(file)?.push(new Blob([arg as Uint8Array<ArrayBuffer>]));
         else if (kind === 'finish') {
           done.push({ name: file, blob: new Blob(parts.get(file) ?? []) });
           parts.delete(file);
