@@ -113,7 +113,11 @@ function uniqueName(base: string): string {
 
 function addModel(name: string, files?: ModelFileMap) {
   if (Array.isArray(tree.slices)) {
-    // Slices name their sources themselves; a new model only gets files.
+    // Slices name their sources themselves: a new model is added as a source in the YAML view.
+    if (!files) {
+      setRunStatus('info', 'This recipe uses slices: add the new model as a source of a slice in the YAML view; its card appears then.');
+      return;
+    }
   } else {
     modelsArray().push({ model: name });
   }
