@@ -13,7 +13,7 @@ else
   cargo build -p crucible --lib --target wasm32-unknown-unknown
 fi
 dir=$profile; [[ $profile == dev ]] && dir=debug
-wasm=target/wasm32-unknown-unknown/$dir/crucible.wasm
+wasm=${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/$dir/crucible.wasm
 
 echo "[build-wasm] wasm-bindgen --target web → web/pkg"
 rm -rf web/pkg

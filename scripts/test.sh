@@ -42,7 +42,7 @@ build_page() {
 }
 stage "build: wasm + page (dist/)" build_page
 stage "typecheck: the page's TypeScript (tsc --noEmit)" node_modules/.bin/tsc --noEmit -p tsconfig.json
-stage "build: native CLI (target/debug/crucible)" cargo build -p crucible --bin crucible
+stage "build: native CLI (${CARGO_TARGET_DIR:-target}/debug/crucible)" cargo build -p crucible --bin crucible
 stage "end-to-end tests (Playwright + Chromium)" node tests/e2e/run.mjs
 
 echo

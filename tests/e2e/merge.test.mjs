@@ -18,7 +18,7 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const FIX = join(ROOT, 'tests/fixtures/merge');
 const DIST = join(ROOT, 'dist');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const CLI = process.env.CRUCIBLE_BIN ?? join(ROOT, 'target/debug/crucible');
+const CLI = process.env.CRUCIBLE_BIN ?? join(resolve(ROOT, process.env.CARGO_TARGET_DIR ?? 'target'), 'debug/crucible');
 
 const ALL_METHODS = [
   'linear', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'task_arithmetic', 'ties', 'dare_ties', 'dare_linear',
