@@ -80,12 +80,14 @@ impl DType {
     }
 
     /// Round an f32 to the nearest value representable in `self` (ties to even) and widen it back.
-    #[inline]
+    /// Always inlined: merges call it once per element per operation, and inlined into a loop
+    /// the dtype match is hoisted out of it.
+    #[inline(always)]
     pub fn round(self, x: f32) -> f32 {
         match self {
             DType::F32 => x,
             DType::F16 => f16::from_f32(x).to_f32(),
-            DType::BF16 => bf16::from_f32(x).to_f32(),
+            DType::BF16 => round_bf16(x),
         }
     }
 
@@ -112,6 +114,18 @@ impl DType {
     }
 }
 
+/// f32 → bf16 → f32 with round-to-nearest-even, as torch's `round_to_nearest_even`: add
+/// 0x7FFF plus the lowest kept bit, then drop the low 16 bits. NaN stays a (quiet) NaN.
+#[inline(always)]
+fn round_bf16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return f32::from_bits((bits | 0x0040_0000) & 0xffff_0000);
+    }
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+    f32::from_bits(rounded & 0xffff_0000)
+}
+
 impl std::fmt::Display for DType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.safetensors_name())
@@ -134,6 +148,23 @@ mod tests {
             for (v, b) in values.iter().zip(&back) {
                 assert_eq!(dt.round(*v), *b, "{dt}: {v}");
             }
+        }
+    }
+
+    #[test]
+    fn fast_bf16_rounding_equals_half_crate() {
+        let mut x = 0x9E37_79B9u32;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let v = f32::from_bits(x);
+            let want = half::bf16::from_f32(v).to_f32();
+            let got = DType::BF16.round(v);
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{v:e}: {got:e} vs {want:e}");
+        }
+        for v in [f32::INFINITY, f32::NEG_INFINITY, f32::MAX, -0.0, 0.0, f32::MIN_POSITIVE, 1.0e-45] {
+            assert_eq!(DType::BF16.round(v).to_bits(), half::bf16::from_f32(v).to_f32().to_bits(), "{v:e}");
         }
     }
 

@@ -409,7 +409,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// Round to the input dtype (emulates one torch op on a D tensor).
-    #[inline]
+    #[inline(always)]
     pub fn r(&self, x: f32) -> f32 {
         self.dt.round(x)
     }

@@ -50,14 +50,8 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
             let k = ((nonzero as f32) * (select_topk as f32)) as usize;
             let mut keep = vec![false; n];
             if k > 0 {
-                let mut idx: Vec<u32> = (0..n as u32).collect();
-                let desc = |&a: &u32, &b: &u32| var[b as usize].abs().total_cmp(&var[a as usize].abs()).then(a.cmp(&b));
-                if k < n {
-                    idx.select_nth_unstable_by(k, desc);
-                }
-                for &j in &idx[..k.min(n)] {
-                    keep[j as usize] = true;
-                }
+                let keys: Vec<u32> = var.iter().map(|v| !super::sparsify::abs_key(*v)).collect();
+                keep = super::sparsify::rank_range_mask(&keys, 0..k.min(n));
             }
             keep
         };

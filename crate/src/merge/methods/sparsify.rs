@@ -72,6 +72,51 @@ fn check_len(n: usize) -> Result<(), SparsifyError> {
     Ok(())
 }
 
+/// The magnitude of `x` as an integer key whose order is `|x|.total_cmp` (NaN above +inf):
+/// with the sign bit cleared, IEEE-754 bit patterns sort like the values they encode.
+#[inline]
+pub fn abs_key(x: f32) -> u32 {
+    x.to_bits() & 0x7fff_ffff
+}
+
+/// Mask of the elements whose position in the total order (key ascending, then index
+/// ascending) lies in `range`. Equivalent to a stable sort followed by `order[range]`, in O(n)
+/// expected time: two selections on a contiguous copy of the keys find the boundary keys, and
+/// one pass in index order hands out the ranks among equal boundary keys. (An indirect
+/// comparator over an index vector is cache-hostile: 10–20× slower on embedding-sized tensors.)
+pub fn rank_range_mask(keys: &[u32], range: std::ops::Range<usize>) -> Vec<bool> {
+    let n = keys.len();
+    let (s, e) = (range.start, range.end.min(n));
+    let mut keep = vec![false; n];
+    if s >= e {
+        return keep;
+    }
+    let mut scratch = keys.to_vec();
+    let lo = *scratch.select_nth_unstable(s).1;
+    // After the first selection, scratch[s+1..] holds exactly the elements ranked after s.
+    let hi = if e - 1 == s { lo } else { *scratch[s + 1..].select_nth_unstable(e - 1 - (s + 1)).1 };
+    drop(scratch);
+    let (mut rank_lo, mut rank_hi) = (0usize, 0usize); // ranks of the first key == lo / == hi
+    for &k in keys {
+        rank_lo += (k < lo) as usize;
+        rank_hi += (k < hi) as usize;
+    }
+    for (j, &k) in keys.iter().enumerate() {
+        let rank = if k == lo {
+            rank_lo += 1;
+            rank_lo - 1
+        } else if k == hi {
+            rank_hi += 1;
+            rank_hi - 1
+        } else {
+            keep[j] = k > lo && k < hi;
+            continue;
+        };
+        keep[j] = (s..e).contains(&rank);
+    }
+    keep
+}
+
 fn masked(d: &[f32], keep: impl Fn(usize) -> bool) -> Vec<f32> {
     // `tensor * mask`: a float multiply (NaN · 0 stays NaN, as in torch)
     d.iter().enumerate().map(|(j, &x)| x * if keep(j) { 1.0 } else { 0.0 }).collect()
@@ -91,17 +136,10 @@ pub fn magnitude(d: &[f32], density: f64, rescale: bool, dt: DType) -> Result<Ve
     }
     check_len(n)?;
     let k = py_int(density * n as f64).max(1) as usize;
-    // The k first elements under the total order (|d| desc with NaN largest, then index asc):
-    // a selection, not a full sort; deterministic because the order is total.
-    let mut idx: Vec<u32> = (0..n as u32).collect();
-    let desc = |&a: &u32, &b: &u32| d[b as usize].abs().total_cmp(&d[a as usize].abs()).then(a.cmp(&b));
-    if k < n {
-        idx.select_nth_unstable_by(k, desc);
-    }
-    let mut keep = vec![false; n];
-    for &j in &idx[..k.min(n)] {
-        keep[j as usize] = true;
-    }
+    // The k first elements under the total order (|d| desc with NaN largest, then index asc).
+    // `!abs_bits` turns "magnitude descending" into "key ascending".
+    let keys: Vec<u32> = d.iter().map(|x| !abs_key(*x)).collect();
+    let keep = rank_range_mask(&keys, 0..k.min(n));
     let mut out = masked(d, |j| keep[j]);
     if rescale {
         rescale_l1(d, &mut out, dt);
@@ -127,22 +165,10 @@ pub fn magnitude_outliers(d: &[f32], density: f64, gamma: f64, rescale: bool, dt
     let target = py_int(density * n as f64);
     let n_top = py_int(gamma * n as f64);
     let n_bot = (n as i128 - target - n_top).max(0);
-    // The elements at sorted positions [s, e) of the total order (|d| asc, NaN last, index
-    // asc), found with two selections instead of a full sort.
+    // The elements at sorted positions [s, e) of the total order (|d| asc, NaN last, index asc).
     let range = py_slice(n, n_bot, n_bot + target);
-    let asc = |&a: &u32, &b: &u32| d[a as usize].abs().total_cmp(&d[b as usize].abs()).then(a.cmp(&b));
-    let mut idx: Vec<u32> = (0..n as u32).collect();
-    if range.start > 0 && range.start < n {
-        idx.select_nth_unstable_by(range.start, asc);
-    }
-    let len = range.end - range.start;
-    if len > 0 && len < n - range.start {
-        idx[range.start..].select_nth_unstable_by(len, asc);
-    }
-    let mut keep = vec![false; n];
-    for &j in &idx[range] {
-        keep[j as usize] = true;
-    }
+    let keys: Vec<u32> = d.iter().map(|x| abs_key(*x)).collect();
+    let keep = rank_range_mask(&keys, range);
     let mut out = masked(d, |j| keep[j]);
     if rescale {
         rescale_l1(d, &mut out, dt);
@@ -263,6 +289,20 @@ mod tests {
     fn seeded(seed: u64, model: usize) -> impl FnMut(usize, &dyn Fn(usize) -> f32) -> Vec<bool> {
         let mut r = SeededRandomness::new(seed);
         move |n, p| r.keep_mask("t", model, n, p)
+    }
+
+    proptest! {
+        #[test]
+        fn rank_range_mask_equals_stable_sort(keys in proptest::collection::vec(0u32..6, 0..80), a in 0usize..90, b in 0usize..90) {
+            let (s, e) = (a.min(b), a.max(b));
+            let mut order: Vec<usize> = (0..keys.len()).collect();
+            order.sort_by_key(|&j| keys[j]); // stable: equal keys stay in index order
+            let mut want = vec![false; keys.len()];
+            for &j in order.iter().take(e.min(keys.len())).skip(s) {
+                want[j] = true;
+            }
+            prop_assert_eq!(rank_range_mask(&keys, s..e), want);
+        }
     }
 
     #[test]
