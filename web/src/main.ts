@@ -90,6 +90,12 @@ function validate() {
   if (!methodList.length) return null;
   const res = checkRecipe(yamlText);
   recipeOk = res.ok;
+  if (!res.ok && !res.line && !modelsArray().length && !Array.isArray(tree.slices)) {
+    // Nothing to merge yet: an empty recipe is the starting point, not a mistake.
+    status.textContent = 'Add models (or load the demo) to build a recipe.';
+    updateMergeButton();
+    return res;
+  }
   if (res.ok) {
     status.textContent = 'Recipe OK.';
     status.classList.add('ok');
@@ -442,8 +448,10 @@ function renderForm() {
   if (m && !Array.isArray(tree.slices)) {
     // With a base model the bounds count the other models; otherwise every input.
     const n = modelsArray().filter((e) => m.base === 'ignored' || e.model !== tree.base_model).length;
-    if (n < m.min_models) note.textContent = `${m.name} needs at least ${m.min_models} models in the list.`;
-    else if (m.max_models !== null && n > m.max_models) note.textContent = `${m.name} takes at most ${m.max_models} models.`;
+    const models = (k: number) => `${k} ${k === 1 ? 'model' : 'models'}`;
+    const others = m.base === 'ignored' ? '' : ' besides the base';
+    if (n < m.min_models) note.textContent = `${m.name} needs at least ${models(m.min_models)}${others}.`;
+    else if (m.max_models !== null && n > m.max_models) note.textContent = `${m.name} takes at most ${models(m.max_models)}${others}.`;
   }
 }
 
