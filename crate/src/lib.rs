@@ -8,6 +8,7 @@ pub mod formats;
 pub mod gpu;
 pub mod merge;
 pub mod ops;
+pub mod sample;
 pub mod tensor;
 
 #[cfg(target_arch = "wasm32")]
