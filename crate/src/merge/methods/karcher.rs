@@ -31,14 +31,14 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
     if models.len() == 1 {
         return Ok(ctx.data(models[0]).to_vec());
     }
-    let r = |x: f32| ctx.r(x);
+    let dt = ctx.dt;
     let n = models.len();
     let alphas = vec![1.0 / n as f64; n];
     let norms: Vec<f32> = models.iter().map(|&i| norm_f32(ctx.data(i).iter().copied())).collect();
     let units: Vec<Vec<f32>> = models
         .iter()
         .zip(&norms)
-        .map(|(&i, &nm)| if nm == 0.0 { vec![0.0; ctx.numel] } else { ctx.data(i).iter().map(|&x| r(x / nm)).collect() })
+        .map(|(&i, &nm)| if nm == 0.0 { vec![0.0; ctx.numel] } else { ctx.data(i).iter().map(|&x| dt.round(x / nm)).collect() })
         .collect();
     // `norm.item() > tol`: the f32 norm widened to f64, compared with the Python float
     let valid: Vec<usize> = (0..n).filter(|&k| norms[k] as f64 > tol).collect();
@@ -47,7 +47,7 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
         let mut out = vec![0.0f32; ctx.numel];
         for &i in models {
             for (o, &x) in out.iter_mut().zip(ctx.data(i)) {
-                *o = r(*o + r(x * 0.0));
+                *o = dt.round(*o + dt.round(x * 0.0));
             }
         }
         return Ok(out);
@@ -60,7 +60,7 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
     let mut mean = vec![0.0f32; ctx.numel];
     for (&a, u) in nalphas.iter().zip(&vunits) {
         for (m, &x) in mean.iter_mut().zip(u.iter()) {
-            *m = r(*m + r(a * x));
+            *m = dt.round(*m + dt.round(a * x));
         }
     }
     let mean_norm = norm_f32(mean.iter().copied());
@@ -68,22 +68,22 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
         mean = vunits[0].clone();
     } else {
         for m in mean.iter_mut() {
-            *m = r(*m / mean_norm);
+            *m = dt.round(*m / mean_norm);
         }
     }
 
     for _ in 0..max_iter.max(0) {
         let mut tangent = vec![0.0f32; ctx.numel];
         for (&a, u) in nalphas.iter().zip(&vunits) {
-            let dot = r(sum_f32(mean.iter().zip(u.iter()).map(|(&x, &y)| x * y))).clamp(-1.0, 1.0);
-            let theta = r(libm::acosf(dot));
+            let dot = dt.round(sum_f32(mean.iter().zip(u.iter()).map(|(&x, &y)| x * y))).clamp(-1.0, 1.0);
+            let theta = dt.round(libm::acosf(dot));
             if (theta as f64) < tol {
                 continue;
             }
             // alpha * (theta / sin(theta)): 0-dim D tensors
-            let coef = r(a * r(theta / r(libm::sinf(theta))));
+            let coef = dt.round(a * dt.round(theta / dt.round(libm::sinf(theta))));
             for ((t, &x), &m) in tangent.iter_mut().zip(u.iter()).zip(&mean) {
-                *t = r(*t + r(coef * r(x - r(dot * m))));
+                *t = dt.round(*t + dt.round(coef * dt.round(x - dt.round(dot * m))));
             }
         }
         let tn = norm_f32(tangent.iter().copied());
@@ -92,21 +92,21 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
         }
         // a 0-dim f32 tensor times a D tensor: torch casts the scalar to D first
         // (checked: bf16 · f32-scalar-tensor == bf16 · bf16(scalar)); division keeps it in f32
-        let (c, s) = (r(libm::cosf(tn)), r(libm::sinf(tn)));
+        let (c, s) = (dt.round(libm::cosf(tn)), dt.round(libm::sinf(tn)));
         for (m, &t) in mean.iter_mut().zip(&tangent) {
-            *m = r(r(c * *m) + r(s * r(t / tn)));
+            *m = dt.round(dt.round(c * *m) + dt.round(s * dt.round(t / tn)));
         }
         let un = norm_f32(mean.iter().copied());
         if (un as f64) > tol {
             for m in mean.iter_mut() {
-                *m = r(*m / un);
+                *m = dt.round(*m / un);
             }
         }
     }
     // scale = Σ α_i n_i over all inputs: Python float times 0-dim f32 tensors
     let scale = alphas.iter().zip(&norms).fold(0.0f32, |s, (&a, &nm)| s + (a as f32) * nm);
-    let scale = r(scale);
-    Ok(mean.iter().map(|&m| r(scale * m)).collect())
+    let scale = dt.round(scale);
+    Ok(mean.iter().map(|&m| dt.round(scale * m)).collect())
 }
 
 #[cfg(test)]

@@ -21,44 +21,44 @@ use crate::merge::MergeError;
 
 pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
     let filter_wise = ctx.global_bool("filter_wise")?;
-    let r = |x: f32| ctx.r(x);
+    let dt = ctx.dt;
     let w0 = ctx.base_data().expect("model_stock requires a base (checked by Ctx)");
     let ws: Vec<&[f32]> = ctx.others.iter().map(|&i| ctx.data(i)).collect();
     let count = ws.len();
-    let offsets: Vec<Vec<f32>> = ws.iter().map(|w| w.iter().zip(w0).map(|(&a, &b)| r(a - b)).collect()).collect();
+    let offsets: Vec<Vec<f32>> = ws.iter().map(|w| w.iter().zip(w0).map(|(&a, &b)| dt.round(a - b)).collect()).collect();
     // average = sum(ws) / count  (Python sum starts at int 0: 0 + ws[0] is exact)
     let mut average = ws[0].to_vec();
     for w in &ws[1..] {
         for (a, &x) in average.iter_mut().zip(w.iter()) {
-            *a = r(*a + x);
+            *a = dt.round(*a + x);
         }
     }
     let countf = count as f32;
     for a in average.iter_mut() {
-        *a = r(*a / countf);
+        *a = dt.round(*a / countf);
     }
     let shape = ctx.inputs.shape;
     let mut out = vec![0.0f32; ctx.numel];
     let mut merge_line = |line: Line| {
-        let norms: Vec<f32> = offsets.iter().map(|o| r(norm_f32(line.iter().map(|j| o[j])))).collect();
+        let norms: Vec<f32> = offsets.iter().map(|o| dt.round(norm_f32(line.iter().map(|j| o[j])))).collect();
         let mut cos_sum = 0.0f64;
         let mut pairs = 0usize;
         for a in 0..count {
             for b in a + 1..count {
-                let np = r(norms[a] * norms[b]);
-                let np = r(if np < 1e-6 { 1e-6 } else { np });
-                let dot = r(sum_f32(line.iter().map(|j| r(offsets[a][j] * offsets[b][j]))));
-                cos_sum += r(dot / np).clamp(-1.0, 1.0) as f64;
+                let np = dt.round(norms[a] * norms[b]);
+                let np = dt.round(if np < 1e-6 { 1e-6 } else { np });
+                let dot = dt.round(sum_f32(line.iter().map(|j| dt.round(offsets[a][j] * offsets[b][j]))));
+                cos_sum += dt.round(dot / np).clamp(-1.0, 1.0) as f64;
                 pairs += 1;
             }
         }
         // torch.stack(cos_thetas).mean(dim=0): f32-accumulated mean, rounded to D
-        let cos = r((cos_sum / pairs as f64) as f32);
-        let denom = r(1.0 + r((count as f32 - 1.0) * cos));
-        let t = if denom.abs() < 1e-6 { 0.0 } else { r(r(countf * cos) / denom) };
-        let one_minus_t = r(1.0 - t);
+        let cos = dt.round((cos_sum / pairs as f64) as f32);
+        let denom = dt.round(1.0 + dt.round((count as f32 - 1.0) * cos));
+        let t = if denom.abs() < 1e-6 { 0.0 } else { dt.round(dt.round(countf * cos) / denom) };
+        let one_minus_t = dt.round(1.0 - t);
         for j in line.iter() {
-            out[j] = r(r(t * average[j]) + r(one_minus_t * w0[j]));
+            out[j] = dt.round(dt.round(t * average[j]) + dt.round(one_minus_t * w0[j]));
         }
     };
     if filter_wise && !shape.is_empty() {

@@ -32,44 +32,44 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
     if models.len() == 1 {
         return Ok(ctx.data(models[0]).to_vec());
     }
-    let r = |x: f32| ctx.r(x);
+    let dt = ctx.dt;
     let base = ctx.base_data();
     // X: [N, numel]
     let xs: Vec<Vec<f32>> = models
         .iter()
         .map(|&i| match base {
-            Some(b) => ctx.data(i).iter().zip(b).map(|(&x, &y)| r(x - y)).collect(),
+            Some(b) => ctx.data(i).iter().zip(b).map(|(&x, &y)| dt.round(x - y)).collect(),
             None => ctx.data(i).to_vec(),
         })
         .collect();
     if normalize {
-        let total = r(sum_f32(weights.iter().copied()));
+        let total = dt.round(sum_f32(weights.iter().copied()));
         for w in weights.iter_mut() {
-            *w = r(*w / total);
+            *w = dt.round(*w / total);
         }
     }
-    let norms: Vec<f32> = xs.iter().map(|x| r(norm_f32(x.iter().copied()))).collect();
+    let norms: Vec<f32> = xs.iter().map(|x| dt.round(norm_f32(x.iter().copied()))).collect();
     let units: Vec<Vec<f32>> = xs
         .iter()
         .zip(&norms)
         .map(|(x, &n)| {
-            let d = r(n + eps);
-            x.iter().map(|&v| r(v / d)).collect()
+            let d = dt.round(n + eps);
+            x.iter().map(|&v| dt.round(v / d)).collect()
         })
         .collect();
     let numel = ctx.numel;
     // weighted sum over the model axis: products rounded, sum in f32 rounded once
     let weighted_sum = |vs: &[Vec<f32>]| -> Vec<f32> {
-        (0..numel).map(|j| r(vs.iter().zip(&weights).fold(0.0f32, |s, (v, &w)| s + r(v[j] * w)))).collect()
+        (0..numel).map(|j| dt.round(vs.iter().zip(&weights).fold(0.0f32, |s, (v, &w)| s + dt.round(v[j] * w)))).collect()
     };
     let mut mean = weighted_sum(&units);
-    let mean_norm = r(norm_f32(mean.iter().copied()));
+    let mean_norm = dt.round(norm_f32(mean.iter().copied()));
     if mean_norm < eps {
         if xs.len() == 2 {
-            let mut out: Vec<f32> = (0..numel).map(|j| r(r(xs[0][j] * weights[0]) + r(xs[1][j] * weights[1]))).collect();
+            let mut out: Vec<f32> = (0..numel).map(|j| dt.round(dt.round(xs[0][j] * weights[0]) + dt.round(xs[1][j] * weights[1]))).collect();
             if let Some(b) = base {
                 for (o, &y) in out.iter_mut().zip(b) {
-                    *o = r(*o + y);
+                    *o = dt.round(*o + y);
                 }
             }
             return Ok(out);
@@ -79,24 +79,24 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
         ));
     }
     for m in mean.iter_mut() {
-        *m = r(*m / mean_norm);
+        *m = dt.round(*m / mean_norm);
     }
     let tangents: Vec<Vec<f32>> = units
         .iter()
         .map(|u| {
-            let dot = r(sum_f32(u.iter().zip(&mean).map(|(&a, &b)| r(a * b))));
-            u.iter().zip(&mean).map(|(&a, &m)| r(a - r(dot * m))).collect()
+            let dot = dt.round(sum_f32(u.iter().zip(&mean).map(|(&a, &b)| dt.round(a * b))));
+            u.iter().zip(&mean).map(|(&a, &m)| dt.round(a - dt.round(dot * m))).collect()
         })
         .collect();
     let tangent = weighted_sum(&tangents);
-    let tn = r(r(norm_f32(tangent.iter().copied())) + eps);
-    let cos = r(libm::cosf(tn));
-    let sin_over = r(r(libm::sinf(tn)) / tn);
-    let avg_norm = r(norms.iter().zip(&weights).fold(0.0f32, |s, (&n, &w)| s + r(n * w)));
-    let mut out: Vec<f32> = (0..numel).map(|j| r(r(r(mean[j] * cos) + r(tangent[j] * sin_over)) * avg_norm)).collect();
+    let tn = dt.round(dt.round(norm_f32(tangent.iter().copied())) + eps);
+    let cos = dt.round(libm::cosf(tn));
+    let sin_over = dt.round(dt.round(libm::sinf(tn)) / tn);
+    let avg_norm = dt.round(norms.iter().zip(&weights).fold(0.0f32, |s, (&n, &w)| s + dt.round(n * w)));
+    let mut out: Vec<f32> = (0..numel).map(|j| dt.round(dt.round(dt.round(mean[j] * cos) + dt.round(tangent[j] * sin_over)) * avg_norm)).collect();
     if let Some(b) = base {
         for (o, &y) in out.iter_mut().zip(b) {
-            *o = r(*o + y);
+            *o = dt.round(*o + y);
         }
     }
     Ok(out)

@@ -15,16 +15,16 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
     let t = ctx.global_f64("t")? as f32;
     let a = ctx.base_data().expect("nearswap requires a base (checked by Ctx)");
     let b = ctx.data(ctx.others[0]);
-    let r = |x: f32| ctx.r(x);
+    let dt = ctx.dt;
     let floor = 1e-6f32;
     Ok(a.iter()
         .zip(b)
         .map(|(&a, &b)| {
-            let absdiff = r((a - b).abs());
-            let clamped = r(if absdiff < floor { floor } else { absdiff });
+            let absdiff = dt.round((a - b).abs());
+            let clamped = dt.round(if absdiff < floor { floor } else { absdiff });
             // `t / tensor` with a Python float is `tensor.reciprocal() * t` in torch: two ops
-            let w = r(r(1.0 / clamped) * t).clamp(0.0, 1.0);
-            r(r(w * b) + r(r(1.0 - w) * a))
+            let w = dt.round(dt.round(1.0 / clamped) * t).clamp(0.0, 1.0);
+            dt.round(dt.round(w * b) + dt.round(dt.round(1.0 - w) * a))
         })
         .collect())
 }

@@ -54,24 +54,24 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
 
 /// NuSLERP of the elements of `line` in `v0` and `v1`, written to the same elements of `out`.
 fn nuslerp_line(ctx: &Ctx, t: f64, v0: &[f32], v1: &[f32], line: Line, out: &mut [f32]) {
-    let r = |x: f32| ctx.r(x);
-    let n0 = r(norm_f32(line.iter().map(|j| v0[j]))).max(r(1e-7));
-    let n1 = r(norm_f32(line.iter().map(|j| v1[j]))).max(r(1e-7));
-    let cos = r(sum_f32(line.iter().map(|j| r(r(v0[j] / n0) * r(v1[j] / n1))))).clamp(-1.0, 1.0);
-    let colinear = r(1.0 - r(cos * cos)) <= (1e-8f64 * 1e-8) as f32;
+    let dt = ctx.dt;
+    let n0 = dt.round(norm_f32(line.iter().map(|j| v0[j]))).max(dt.round(1e-7));
+    let n1 = dt.round(norm_f32(line.iter().map(|j| v1[j]))).max(dt.round(1e-7));
+    let cos = dt.round(sum_f32(line.iter().map(|j| dt.round(dt.round(v0[j] / n0) * dt.round(v1[j] / n1))))).clamp(-1.0, 1.0);
+    let colinear = dt.round(1.0 - dt.round(cos * cos)) <= (1e-8f64 * 1e-8) as f32;
     let one_minus_t = (1.0 - t) as f32;
     let tf = t as f32;
     if colinear {
         for j in line.iter() {
-            out[j] = r(r(one_minus_t * v0[j]) + r(tf * v1[j]));
+            out[j] = dt.round(dt.round(one_minus_t * v0[j]) + dt.round(tf * v1[j]));
         }
     } else {
-        let theta = r(libm::acosf(cos));
-        let sin_theta = r(libm::sinf(theta));
-        let s0 = r(libm::sinf(r(one_minus_t * theta)));
-        let s1 = r(libm::sinf(r(tf * theta)));
+        let theta = dt.round(libm::acosf(cos));
+        let sin_theta = dt.round(libm::sinf(theta));
+        let s0 = dt.round(libm::sinf(dt.round(one_minus_t * theta)));
+        let s1 = dt.round(libm::sinf(dt.round(tf * theta)));
         for j in line.iter() {
-            out[j] = r(r(r(s0 * v0[j]) + r(s1 * v1[j])) / sin_theta);
+            out[j] = dt.round(dt.round(dt.round(s0 * v0[j]) + dt.round(s1 * v1[j])) / sin_theta);
         }
     }
 }

@@ -29,10 +29,10 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
     if ctx.others.is_empty() {
         return Ok(base.to_vec());
     }
-    let r = |x: f32| ctx.r(x);
+    let dt = ctx.dt;
     let n = ctx.numel;
     let models = ctx.others.len();
-    let mut tvs: Vec<Vec<f32>> = ctx.others.iter().map(|&i| ctx.data(i).iter().zip(base).map(|(&x, &b)| r(x - b)).collect()).collect();
+    let mut tvs: Vec<Vec<f32>> = ctx.others.iter().map(|&i| ctx.data(i).iter().zip(base).map(|(&x, &b)| dt.round(x - b)).collect()).collect();
 
     if select_topk < 1.0 {
         let mask: Vec<bool> = if select_topk <= 0.0 {
@@ -43,7 +43,7 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
                 .map(|j| {
                     let mean = tvs.iter().map(|t| t[j] as f64).sum::<f64>() / models as f64;
                     let v = tvs.iter().map(|t| (t[j] as f64 - mean) * (t[j] as f64 - mean)).sum::<f64>() / models as f64;
-                    r(v as f32)
+                    dt.round(v as f32)
                 })
                 .collect();
             let nonzero = var.iter().filter(|v| **v != 0.0).count();
@@ -63,20 +63,20 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
     }
 
     // matrix-level weights: mean of squares per model, normalized by their (f32 → Python) sum
-    let mut weights: Vec<f32> = tvs.iter().map(|t| r(sum_f32(t.iter().map(|&v| r(v * v))) / n.max(1) as f32)).collect();
-    let weight_sum = r(sum_f32(weights.iter().copied())) as f64;
+    let mut weights: Vec<f32> = tvs.iter().map(|t| dt.round(sum_f32(t.iter().map(|&v| dt.round(v * v))) / n.max(1) as f32)).collect();
+    let weight_sum = dt.round(sum_f32(weights.iter().copied())) as f64;
     if weight_sum.abs() < 1e-6 {
-        let u = r(1.0 / models as f32);
+        let u = dt.round(1.0 / models as f32);
         weights.iter_mut().for_each(|w| *w = u);
     } else {
         let ws = weight_sum as f32;
-        weights.iter_mut().for_each(|w| *w = r(*w / ws));
+        weights.iter_mut().for_each(|w| *w = dt.round(*w / ws));
     }
 
-    let floor = r(1e-6);
+    let floor = dt.round(1e-6);
     let mut out = vec![0.0f32; n];
     for j in 0..n {
-        let s = r(tvs.iter().fold(0.0f32, |a, t| a + t[j]));
+        let s = dt.round(tvs.iter().fold(0.0f32, |a, t| a + t[j]));
         let majority = if s >= 0.0 { 1.0f32 } else { -1.0 };
         let mut merged = 0.0f32;
         let mut denom = 0.0f32;
@@ -84,13 +84,13 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
             let v = t[j];
             let sg = if v > 0.0 { 1.0 } else if v < 0.0 { -1.0 } else { 0.0 };
             let ew = w * if sg == majority { 1.0 } else { 0.0 };
-            merged += r(v * ew);
+            merged += dt.round(v * ew);
             denom += ew;
         }
-        let merged = r(merged);
-        let denom = r(denom);
+        let merged = dt.round(merged);
+        let denom = dt.round(denom);
         let denom = if denom < floor { floor } else { denom };
-        out[j] = r(base[j] + r(merged / denom));
+        out[j] = dt.round(base[j] + dt.round(merged / denom));
     }
     Ok(out)
 }

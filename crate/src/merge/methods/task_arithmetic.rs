@@ -61,7 +61,7 @@ pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness) -> Result<Vec<f32>, Mer
     if ctx.others.is_empty() {
         return Ok(base.to_vec());
     }
-    let r = |x: f32| ctx.r(x);
+    let dt = ctx.dt;
 
     // Resolve every per-model parameter before computing (mergekit binds them up front).
     struct ModelParams {
@@ -78,14 +78,14 @@ pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness) -> Result<Vec<f32>, Mer
         let gamma = if sparsifier == Some(Sparsifier::MagnitudeOutliers) { ctx.model_f64(i, "gamma")? } else { 0.0 };
         let epsilon = if sparsifier == Some(Sparsifier::DellaMagprune) { ctx.model_f64(i, "epsilon")? } else { 0.0 };
         // torch.tensor([...], dtype=D): the weights are D values
-        params.push(ModelParams { index: i, weight: r(weight as f32), density, gamma, epsilon });
+        params.push(ModelParams { index: i, weight: dt.round(weight as f32), density, gamma, epsilon });
     }
 
     // weighted deltas W_i: [N, numel]
     let mut deltas: Vec<Vec<f32>> = Vec::with_capacity(params.len());
     for p in &params {
         let x = ctx.data(p.index);
-        let delta: Vec<f32> = x.iter().zip(base).map(|(&a, &b)| r(a - b)).collect();
+        let delta: Vec<f32> = x.iter().zip(base).map(|(&a, &b)| dt.round(a - b)).collect();
         let named = |e: SparsifyError| match e.param {
             Some(param) => MergeError::BadParameter {
                 tensor: ctx.tensor().to_string(),
@@ -107,7 +107,7 @@ pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness) -> Result<Vec<f32>, Mer
             }
         };
         for v in delta.iter_mut() {
-            *v = r(*v * p.weight);
+            *v = dt.round(*v * p.weight);
         }
         deltas.push(delta);
     }
@@ -133,7 +133,7 @@ pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness) -> Result<Vec<f32>, Mer
                 sum.iter_mut().zip(&d[start..end]).for_each(|(s, &x)| *s += x);
             }
             // majority sign of the weighted deltas' sum (0 counts as +; NaN sums elect −)
-            sum.iter_mut().for_each(|s| *s = if r(*s) >= 0.0 { 1.0 } else { -1.0 });
+            sum.iter_mut().for_each(|s| *s = if dt.round(*s) >= 0.0 { 1.0 } else { -1.0 });
             for (d, p) in deltas.iter().zip(&params) {
                 // `(W * mask).sum(0)`, `(weights * mask).sum(0)` with a boolean mask
                 for (((a, v), &x), &majority) in acc.iter_mut().zip(div.iter_mut()).zip(&d[start..end]).zip(sum.iter()) {
@@ -143,26 +143,26 @@ pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness) -> Result<Vec<f32>, Mer
                 }
             }
             for ((out, &a), &v) in mixed[start..end].iter_mut().zip(acc.iter()).zip(div.iter()) {
-                let mut m = r(a);
-                let mut v = r(v);
+                let mut m = dt.round(a);
+                let mut v = dt.round(v);
                 if v == 0.0 {
                     v = 1.0;
                 }
                 if normalize {
-                    m = r(m / v);
+                    m = dt.round(m / v);
                 }
                 *out = m;
             }
         }
     } else {
-        let mut div = r(params.iter().fold(0.0f32, |a, p| a + p.weight));
+        let mut div = dt.round(params.iter().fold(0.0f32, |a, p| a + p.weight));
         if div.abs() < 1e-8 {
             div = 1.0;
         }
         for (j, m) in mixed.iter_mut().enumerate() {
-            *m = r(deltas.iter().fold(0.0f32, |a, d| a + d[j]));
+            *m = dt.round(deltas.iter().fold(0.0f32, |a, d| a + d[j]));
             if normalize {
-                *m = r(*m / div);
+                *m = dt.round(*m / div);
             }
         }
     }
@@ -171,8 +171,8 @@ pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness) -> Result<Vec<f32>, Mer
         .iter()
         .zip(base)
         .map(|(&m, &b)| {
-            let m = if lambda != 1.0 { r(m * lambda32) } else { m };
-            r(b + m)
+            let m = if lambda != 1.0 { dt.round(m * lambda32) } else { m };
+            dt.round(b + m)
         })
         .collect())
 }
