@@ -342,7 +342,12 @@ def main():
     ap.add_argument("--crucible", default=str(ROOT / "target" / "release" / "crucible"))
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build --release")
     ap.add_argument("--no-mergekit", action="store_true")
-    ap.add_argument("--wasm-cmd", default=os.environ.get("CRUCIBLE_BENCH_WASM_CMD"))
+    # Default: the built page in headless Chromium (scripts/bench_wasm_merge.mjs), when dist/ exists.
+    default_wasm = os.environ.get("CRUCIBLE_BENCH_WASM_CMD")
+    if default_wasm is None and (ROOT / "dist" / "index.html").exists() and Path("/usr/bin/chromium").exists():
+        default_wasm = "node scripts/bench_wasm_merge.mjs {recipe} {models}"
+    ap.add_argument("--wasm-cmd", default=default_wasm,
+                    help="the wasm side (default: node scripts/bench_wasm_merge.mjs when dist/ is built); '' to skip")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--check", action="store_true",
                     help="compare Crucible's output with mergekit's tensor by tensor (needs torch + safetensors, "
