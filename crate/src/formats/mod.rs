@@ -1,5 +1,6 @@
 //! Checkpoint formats: byte sources/sinks, safetensors (streaming read + write, sharded), HF config.
 pub mod checkpoint;
+pub mod gguf;
 pub mod io;
 pub mod safetensors;
 pub mod sharded;

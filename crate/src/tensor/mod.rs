@@ -1,5 +1,6 @@
 //! Element types, shapes and host storage.
 pub mod dtype;
+pub mod quant;
 pub use dtype::{DType, UnknownDType};
 
 /// Number of elements of a shape (the empty shape is a scalar: 1 element).
