@@ -7,7 +7,9 @@
 pub mod formats;
 pub mod gpu;
 pub mod merge;
+pub mod models;
 pub mod ops;
+pub mod posenc;
 pub mod sample;
 pub mod tensor;
 

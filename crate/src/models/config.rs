@@ -1,0 +1,358 @@
+//! Hugging Face `config.json` of a Llama-family model (Llama, SmolLM2, Mistral, Qwen2) parsed into
+//! a typed [`LlamaConfig`].
+//!
+//! Reference: transformers 5.23 `models/llama/configuration_llama.py`,
+//! `models/mistral/configuration_mistral.py`, `models/qwen2/configuration_qwen2.py` (fields and
+//! defaults) and `modeling_rope_utils.py` (`RotaryEmbeddingConfigMixin.standardize_rope_params`:
+//! RoPE parameters come either from transformers ≥5's `rope_parameters` dict, which holds
+//! `rope_theta`, or from the older top-level `rope_theta` plus a `rope_scaling` dict whose method is
+//! named by `rope_type` or the legacy `type`; `original_max_position_embeddings` defaults to
+//! `max_position_embeddings` for llama3 and yarn).
+//!
+//! Every error names the field (dotted path for nested fields).
+
+use serde_json::{Map, Value};
+
+use crate::posenc::rope::{RopeConfig, RopeScaling};
+
+/// A `config.json` field that is missing, of the wrong type, or out of range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("config.json: field {field}: {message}")]
+pub struct ConfigError {
+    /// Dotted path of the field, e.g. `rope_scaling.factor`.
+    pub field: String,
+    pub message: String,
+}
+
+fn err(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.to_string(), message: message.into() }
+}
+
+/// Which architecture the config describes (it decides biases and defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+/// The shape and hyper-parameters of a Llama-family decoder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub family: Family,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// GQA: each group of num_attention_heads / num_key_value_heads query heads shares a K/V head.
+    pub num_key_value_heads: usize,
+    /// `head_dim`, or hidden_size / num_attention_heads when absent or null.
+    pub head_dim: usize,
+    pub rms_norm_eps: f32,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// q_proj, k_proj, v_proj carry a bias (Llama `attention_bias`; always for Qwen2).
+    pub qkv_bias: bool,
+    /// o_proj carries a bias (Llama `attention_bias`).
+    pub o_bias: bool,
+    /// gate/up/down_proj carry a bias (Llama `mlp_bias`).
+    pub mlp_bias: bool,
+    /// Sliding-window attention size when active (Mistral `sliding_window`; Qwen2 with
+    /// `use_sliding_window`).
+    pub sliding_window: Option<usize>,
+    pub rope: RopeConfig,
+}
+
+fn get<'a>(obj: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
+    obj.get(field).filter(|v| !v.is_null())
+}
+
+fn req_usize(obj: &Map<String, Value>, prefix: &str, field: &str) -> Result<usize, ConfigError> {
+    let path = format!("{prefix}{field}");
+    match get(obj, field) {
+        None => Err(err(&path, "missing")),
+        Some(v) => as_usize(v, &path),
+    }
+}
+
+fn opt_usize(obj: &Map<String, Value>, prefix: &str, field: &str) -> Result<Option<usize>, ConfigError> {
+    get(obj, field).map(|v| as_usize(v, &format!("{prefix}{field}"))).transpose()
+}
+
+fn as_usize(v: &Value, path: &str) -> Result<usize, ConfigError> {
+    if let Some(u) = v.as_u64() {
+        return usize::try_from(u).map_err(|_| err(path, format!("{u} is too large")));
+    }
+    // 2048.0 is accepted as 2048 (some configs write integers as floats)
+    if let Some(f) = v.as_f64()
+        && f >= 0.0
+        && f.fract() == 0.0
+        && f < 1e15
+    {
+        return Ok(f as usize);
+    }
+    Err(err(path, format!("expected a non-negative integer, found {v}")))
+}
+
+fn opt_f64(obj: &Map<String, Value>, prefix: &str, field: &str) -> Result<Option<f64>, ConfigError> {
+    get(obj, field)
+        .map(|v| v.as_f64().filter(|f| f.is_finite()).ok_or_else(|| err(&format!("{prefix}{field}"), format!("expected a number, found {v}"))))
+        .transpose()
+}
+
+fn req_f64(obj: &Map<String, Value>, prefix: &str, field: &str) -> Result<f64, ConfigError> {
+    opt_f64(obj, prefix, field)?.ok_or_else(|| err(&format!("{prefix}{field}"), "missing"))
+}
+
+fn opt_bool(obj: &Map<String, Value>, field: &str) -> Result<Option<bool>, ConfigError> {
+    get(obj, field).map(|v| v.as_bool().ok_or_else(|| err(field, format!("expected true or false, found {v}")))).transpose()
+}
+
+fn positive(v: usize, field: &str) -> Result<usize, ConfigError> {
+    if v == 0 { Err(err(field, "must be at least 1")) } else { Ok(v) }
+}
+
+impl LlamaConfig {
+    /// Parse `config.json` text.
+    pub fn from_json_str(text: &str) -> Result<LlamaConfig, ConfigError> {
+        let v: Value = serde_json::from_str(text).map_err(|e| err("(root)", format!("not valid JSON ({e})")))?;
+        Self::from_json(&v)
+    }
+
+    /// Parse a parsed `config.json` (as [`Checkpoint::config`](crate::formats::checkpoint::Checkpoint::config) gives it).
+    pub fn from_json(v: &Value) -> Result<LlamaConfig, ConfigError> {
+        let obj = v.as_object().ok_or_else(|| err("(root)", "expected a JSON object"))?;
+        let model_type = match get(obj, "model_type") {
+            None => None,
+            Some(t) => Some(t.as_str().ok_or_else(|| err("model_type", format!("expected a string, found {t}")))?),
+        };
+        let family = match model_type {
+            // SmolLM2 and TinyLlama are `llama`; a config without model_type is read as Llama.
+            Some("llama") | None => Family::Llama,
+            Some("mistral") => Family::Mistral,
+            Some("qwen2") => Family::Qwen2,
+            Some(other) => return Err(err("model_type", format!("{other:?} is not a Llama-family model (supported: llama, mistral, qwen2)"))),
+        };
+
+        let hidden_size = positive(req_usize(obj, "", "hidden_size")?, "hidden_size")?;
+        let intermediate_size = positive(req_usize(obj, "", "intermediate_size")?, "intermediate_size")?;
+        let num_hidden_layers = req_usize(obj, "", "num_hidden_layers")?;
+        let num_attention_heads = positive(req_usize(obj, "", "num_attention_heads")?, "num_attention_heads")?;
+        let vocab_size = positive(req_usize(obj, "", "vocab_size")?, "vocab_size")?;
+        let num_key_value_heads = positive(opt_usize(obj, "", "num_key_value_heads")?.unwrap_or(num_attention_heads), "num_key_value_heads")?;
+        if num_attention_heads % num_key_value_heads != 0 {
+            return Err(err("num_key_value_heads", format!("{num_key_value_heads} does not divide num_attention_heads = {num_attention_heads}")));
+        }
+        let head_dim = match opt_usize(obj, "", "head_dim")? {
+            Some(d) => positive(d, "head_dim")?,
+            None => {
+                if hidden_size % num_attention_heads != 0 {
+                    return Err(err("head_dim", format!("absent, and hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}")));
+                }
+                hidden_size / num_attention_heads
+            }
+        };
+        let rms_norm_eps = opt_f64(obj, "", "rms_norm_eps")?.unwrap_or(1e-6);
+        if rms_norm_eps < 0.0 {
+            return Err(err("rms_norm_eps", format!("must not be negative, found {rms_norm_eps}")));
+        }
+        let max_position_embeddings = match opt_usize(obj, "", "max_position_embeddings")? {
+            Some(m) => positive(m, "max_position_embeddings")?,
+            None => match family {
+                Family::Llama => 2048,
+                Family::Mistral => 4096 * 32,
+                Family::Qwen2 => 32768,
+            },
+        };
+        if let Some(act) = get(obj, "hidden_act") {
+            let act = act.as_str().ok_or_else(|| err("hidden_act", format!("expected a string, found {act}")))?;
+            if act != "silu" && act != "swish" {
+                return Err(err("hidden_act", format!("{act:?} is not supported (only silu, the SwiGLU of Llama-family models)")));
+            }
+        }
+        let tie_word_embeddings = opt_bool(obj, "tie_word_embeddings")?.unwrap_or(false);
+        let attention_bias = opt_bool(obj, "attention_bias")?.unwrap_or(false);
+        let mlp_bias = opt_bool(obj, "mlp_bias")?.unwrap_or(false);
+        let (qkv_bias, o_bias) = match family {
+            Family::Llama => (attention_bias, attention_bias),
+            Family::Mistral => (false, false),
+            Family::Qwen2 => (true, false),
+        };
+        let sliding_window = match family {
+            Family::Llama => None,
+            Family::Mistral => opt_usize(obj, "", "sliding_window")?,
+            Family::Qwen2 => {
+                if opt_bool(obj, "use_sliding_window")?.unwrap_or(false) { opt_usize(obj, "", "sliding_window")? } else { None }
+            }
+        };
+
+        let rope = parse_rope(obj, head_dim, max_position_embeddings)?;
+
+        Ok(LlamaConfig {
+            family,
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: rms_norm_eps as f32,
+            max_position_embeddings,
+            tie_word_embeddings,
+            qkv_bias,
+            o_bias,
+            mlp_bias: mlp_bias && family == Family::Llama,
+            sliding_window,
+            rope,
+        })
+    }
+}
+
+/// RoPE parameters from `rope_parameters` (transformers ≥5) or `rope_theta` + `rope_scaling`.
+fn parse_rope(obj: &Map<String, Value>, head_dim: usize, max_position_embeddings: usize) -> Result<RopeConfig, ConfigError> {
+    let empty = Map::new();
+    let (params, prefix) = match (get(obj, "rope_parameters"), get(obj, "rope_scaling")) {
+        (Some(p), _) => (p.as_object().ok_or_else(|| err("rope_parameters", format!("expected an object, found {p}")))?, "rope_parameters."),
+        (None, Some(p)) => (p.as_object().ok_or_else(|| err("rope_scaling", format!("expected an object or null, found {p}")))?, "rope_scaling."),
+        (None, None) => (&empty, "rope_scaling."),
+    };
+    let theta = match opt_f64(params, prefix, "rope_theta")? {
+        Some(t) => t,
+        None => opt_f64(obj, "", "rope_theta")?.unwrap_or(10000.0),
+    };
+    if theta <= 1.0 {
+        return Err(err(if params.contains_key("rope_theta") { "rope_parameters.rope_theta" } else { "rope_theta" }, format!("must be greater than 1, found {theta}")));
+    }
+    let partial = match opt_f64(params, prefix, "partial_rotary_factor")? {
+        Some(p) => p,
+        None => opt_f64(obj, "", "partial_rotary_factor")?.unwrap_or(1.0),
+    };
+    if !(partial > 0.0 && partial <= 1.0) {
+        return Err(err("partial_rotary_factor", format!("must be in (0, 1], found {partial}")));
+    }
+    let dim = (head_dim as f64 * partial) as usize; // int(head_dim * partial_rotary_factor)
+    if dim < 4 || !dim.is_multiple_of(2) {
+        return Err(err("head_dim", format!("rotary dimension {dim} must be even and at least 4")));
+    }
+
+    let type_field = if params.contains_key("rope_type") { "rope_type" } else { "type" };
+    let rope_type = match get(params, type_field) {
+        None => "default",
+        Some(t) => t.as_str().ok_or_else(|| err(&format!("{prefix}{type_field}"), format!("expected a string, found {t}")))?,
+    };
+    // original_max_position_embeddings: in the dict, else top level (Phi-3 style), else max_position_embeddings
+    let original = |params: &Map<String, Value>| -> Result<usize, ConfigError> {
+        let o = match opt_usize(params, prefix, "original_max_position_embeddings")? {
+            Some(o) => o,
+            None => opt_usize(obj, "", "original_max_position_embeddings")?.unwrap_or(max_position_embeddings),
+        };
+        positive(o, &format!("{prefix}original_max_position_embeddings"))
+    };
+    let factor_at_least_1 = |params: &Map<String, Value>| -> Result<f64, ConfigError> {
+        let f = req_f64(params, prefix, "factor")?;
+        if f < 1.0 {
+            return Err(err(&format!("{prefix}factor"), format!("must be at least 1, found {f}")));
+        }
+        Ok(f)
+    };
+    let scaling = match rope_type {
+        "default" => RopeScaling::Default,
+        "linear" => RopeScaling::Linear { factor: factor_at_least_1(params)? },
+        "dynamic" => RopeScaling::Dynamic { factor: factor_at_least_1(params)? },
+        "yarn" => {
+            let truncate = match get(params, "truncate") {
+                None => true,
+                Some(t) => t.as_bool().ok_or_else(|| err(&format!("{prefix}truncate"), format!("expected true or false, found {t}")))?,
+            };
+            let factor = opt_f64(params, prefix, "factor")?;
+            if let Some(f) = factor
+                && f < 1.0
+            {
+                return Err(err(&format!("{prefix}factor"), format!("must be at least 1, found {f}")));
+            }
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: original(params)?,
+                attention_factor: opt_f64(params, prefix, "attention_factor")?,
+                beta_fast: opt_f64(params, prefix, "beta_fast")?.unwrap_or(32.0),
+                beta_slow: opt_f64(params, prefix, "beta_slow")?.unwrap_or(1.0),
+                mscale: opt_f64(params, prefix, "mscale")?,
+                mscale_all_dim: opt_f64(params, prefix, "mscale_all_dim")?,
+                truncate,
+            }
+        }
+        "llama3" => {
+            let low = req_f64(params, prefix, "low_freq_factor")?;
+            let high = req_f64(params, prefix, "high_freq_factor")?;
+            if high <= low {
+                return Err(err(&format!("{prefix}high_freq_factor"), format!("must be greater than low_freq_factor ({high} ≤ {low})")));
+            }
+            RopeScaling::Llama3 { factor: factor_at_least_1(params)?, low_freq_factor: low, high_freq_factor: high, original_max_position_embeddings: original(params)? }
+        }
+        other => return Err(err(&format!("{prefix}{type_field}"), format!("{other:?} is not supported (supported: default, linear, dynamic, yarn, llama3)"))),
+    };
+    Ok(RopeConfig { theta, dim, max_position_embeddings, scaling })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMOLLM2: &str = r#"{"architectures":["LlamaForCausalLM"],"attention_bias":false,"hidden_act":"silu",
+      "hidden_size":576,"intermediate_size":1536,"max_position_embeddings":8192,"model_type":"llama",
+      "num_attention_heads":9,"num_hidden_layers":30,"num_key_value_heads":3,"rms_norm_eps":1e-05,
+      "rope_scaling":null,"rope_theta":100000,"tie_word_embeddings":true,"vocab_size":49152}"#;
+
+    #[test]
+    fn smollm2_v4_style() {
+        let c = LlamaConfig::from_json_str(SMOLLM2).unwrap();
+        assert_eq!((c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim), (576, 9, 3, 64));
+        assert!(c.tie_word_embeddings && !c.qkv_bias);
+        assert_eq!(c.rope, RopeConfig { theta: 100000.0, dim: 64, max_position_embeddings: 8192, scaling: RopeScaling::Default });
+    }
+
+    #[test]
+    fn llama3_legacy_type_key_and_v5_rope_parameters_agree() {
+        let old = r#"{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":10,
+          "max_position_embeddings":131072,"rope_theta":500000.0,
+          "rope_scaling":{"type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#;
+        let new = r#"{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":10,
+          "max_position_embeddings":131072,
+          "rope_parameters":{"rope_type":"llama3","rope_theta":500000.0,"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#;
+        let (a, b) = (LlamaConfig::from_json_str(old).unwrap(), LlamaConfig::from_json_str(new).unwrap());
+        assert_eq!(a.rope, b.rope);
+        assert_eq!(a.rope.scaling, RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 });
+    }
+
+    #[test]
+    fn qwen2_has_qkv_bias_and_no_window_by_default() {
+        let c = LlamaConfig::from_json_str(r#"{"model_type":"qwen2","hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,
+          "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":10,"sliding_window":4096,"use_sliding_window":false}"#)
+            .unwrap();
+        assert!(c.qkv_bias && !c.o_bias && c.sliding_window.is_none());
+        assert_eq!(c.max_position_embeddings, 32768);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let base = |extra: &str| format!(r#"{{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":10{extra}}}"#);
+        let cases = [
+            (r#"{"intermediate_size":128,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":10}"#.to_string(), "hidden_size"),
+            (base(r#","num_key_value_heads":3"#), "num_key_value_heads"),
+            (base(r#","rope_scaling":{"rope_type":"linear"}"#), "rope_scaling.factor"),
+            (base(r#","rope_scaling":{"rope_type":"longrope","factor":2}"#), "rope_scaling.rope_type"),
+            (base(r#","rope_parameters":{"rope_type":"llama3","factor":8,"high_freq_factor":4}"#), "rope_parameters.low_freq_factor"),
+            (base(r#","model_type":"gpt2""#), "model_type"),
+            (base(r#","hidden_act":"gelu""#), "hidden_act"),
+            (base(r#","head_dim":"x""#), "head_dim"),
+            (base(r#","tie_word_embeddings":1"#), "tie_word_embeddings"),
+        ];
+        for (json, field) in cases {
+            let e = LlamaConfig::from_json_str(&json).unwrap_err();
+            assert_eq!(e.field, field, "{json}: {e}");
+            assert!(e.to_string().contains(field));
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The readable CPU reference of the Llama-family decoder forward pass (Llama, SmolLM2, Mistral,
+//! Qwen2), in f32. The GPU path and quantized weights are tested against this.
+//!
+//! Papers: LLaMA (Touvron et al., arXiv 2302.13971): pre-norm RMSNorm (Zhang & Sennrich, arXiv
+//! 1910.07467), SwiGLU MLP (Shazeer, arXiv 2002.05202), rotary embeddings (arXiv 2104.09864);
+//! grouped-query attention (Ainslie et al., arXiv 2305.13245).
+//!
+//! Reference implementation: Hugging Face transformers 5.23 `models/llama/modeling_llama.py`
+//! (`LlamaRMSNorm`, `LlamaMLP`, `LlamaAttention` + `eager_attention_forward`,
+//! `LlamaDecoderLayer`, `LlamaModel`, `LlamaForCausalLM`); Qwen2 adds q/k/v biases
+//! (`models/qwen2/modeling_qwen2.py`), Mistral is the same graph. Tensor names are the HF ones.
+//!
+//! Per layer, for T new tokens at positions p0..p0+T (p0 = tokens already in the cache):
+//! ```text
+//! x (T, H) ─ RMSNorm ─ q = h·Wqᵀ (T, nh·hd), k = h·Wkᵀ (T, nkv·hd), v = h·Wvᵀ (T, nkv·hd)
+//!            RoPE(q, k) at their positions; k, v appended to the cache (p0+T, nkv, hd)
+//!            a[t, h] = softmax_j≤p0+t (q[t,h]·k[j,h/g] / √hd) · v[j,h/g]     (g = nh / nkv)
+//! x += a·Woᵀ;  x += W_down·(silu(RMSNorm(x)·W_gateᵀ) ⊙ RMSNorm(x)·W_upᵀ)
+//! ```
+//! then the final RMSNorm and the head (T, vocab) — `embed_tokens` when tied.
+
+use crate::formats::checkpoint::Checkpoint;
+use crate::formats::safetensors::FormatError;
+use crate::models::config::{ConfigError, LlamaConfig};
+use crate::posenc::rope::{RopeFreqs, RopeLayout, RopeScaling, apply_rope};
+
+/// Errors building or running a model. Each names the model and, where there is one, the tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0}")]
+    Format(#[from] FormatError),
+    #[error("model {model}: {source}")]
+    Config {
+        model: String,
+        #[source]
+        source: ConfigError,
+    },
+    #[error("model {model}: has no config.json")]
+    NoConfig { model: String },
+    #[error("model {model}: missing tensor {tensor}")]
+    MissingTensor { model: String, tensor: String },
+    #[error("model {model}: tensor {tensor} has shape {found:?}, expected {expected:?}")]
+    Shape { model: String, tensor: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("token {token} at index {index} is out of range (vocab_size {vocab})")]
+    TokenOutOfRange { token: u32, index: usize, vocab: usize },
+    #[error("the KV cache was made for {found} (layers, kv heads, head_dim) but the model has {expected}")]
+    CacheMismatch { expected: String, found: String },
+    #[error("sequence of {len} tokens exceeds the sliding window of {window}; sliding-window attention is not implemented yet")]
+    SlidingWindow { len: usize, window: usize },
+}
+
+/// How a weight matrix is stored. Quantization is a weight dtype: Q8_0 / Q4_0 / Q4_1 (and F16)
+/// join this enum, each with its own row dot product; the model code does not change.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WeightStorage {
+    /// Row-major (out_features, in_features).
+    F32(Vec<f32>),
+}
+
+/// A linear layer y = x·Wᵀ (+ b), W of shape (out_features, in_features) as in `torch.nn.Linear`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Linear {
+    pub out_features: usize,
+    pub in_features: usize,
+    pub weight: WeightStorage,
+    /// (out_features,)
+    pub bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    /// An f32 layer; `weight.len()` must be out × in (checked by the loader).
+    pub fn f32(out_features: usize, in_features: usize, weight: Vec<f32>, bias: Option<Vec<f32>>) -> Linear {
+        debug_assert_eq!(weight.len(), out_features * in_features);
+        Linear { out_features, in_features, weight: WeightStorage::F32(weight), bias }
+    }
+
+    /// x (T, in) → y (T, out). `x.len()` must be a multiple of `in_features`.
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let t = x.len() / self.in_features;
+        let mut y = vec![0.0f32; t * self.out_features];
+        match &self.weight {
+            WeightStorage::F32(w) => {
+                for (xr, yr) in x.chunks_exact(self.in_features).zip(y.chunks_exact_mut(self.out_features)) {
+                    for (o, (yo, wr)) in yr.iter_mut().zip(w.chunks_exact(self.in_features)).enumerate() {
+                        let dot: f32 = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
+                        *yo = dot + self.bias.as_ref().map_or(0.0, |b| b[o]);
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Row `i` of W widened to f32 (the embedding gather), into `out` (length in_features).
+    pub fn row(&self, i: usize, out: &mut [f32]) {
+        match &self.weight {
+            WeightStorage::F32(w) => out.copy_from_slice(&w[i * self.in_features..(i + 1) * self.in_features]),
+        }
+    }
+}
+
+/// One decoder layer's weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaLayer {
+    /// (H,)
+    pub input_layernorm: Vec<f32>,
+    /// (nh·hd, H), (nkv·hd, H), (nkv·hd, H), (H, nh·hd)
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    /// (H,)
+    pub post_attention_layernorm: Vec<f32>,
+    /// (I, H), (I, H), (H, I)
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+/// All weights of a Llama-family model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaWeights {
+    /// `model.embed_tokens.weight` (vocab, H)
+    pub embed_tokens: Linear,
+    pub layers: Vec<LlamaLayer>,
+    /// `model.norm.weight` (H,)
+    pub norm: Vec<f32>,
+    /// `lm_head.weight` (vocab, H); `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Linear>,
+}
+
+/// Reads tensors by name, checking their shapes.
+struct Loader<'a> {
+    ckpt: &'a mut Checkpoint,
+    buf: Vec<f32>,
+}
+
+impl Loader<'_> {
+    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let model = self.ckpt.name().to_string();
+        let info = self.ckpt.info(name).ok_or_else(|| ModelError::MissingTensor { model: model.clone(), tensor: name.to_string() })?;
+        if info.shape != shape {
+            return Err(ModelError::Shape { model, tensor: name.to_string(), expected: shape.to_vec(), found: info.shape.clone() });
+        }
+        self.ckpt.read(name, &mut self.buf)?;
+        Ok(std::mem::take(&mut self.buf))
+    }
+
+    fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear, ModelError> {
+        let w = self.tensor(&format!("{prefix}.weight"), &[out, inp])?;
+        let b = if bias { Some(self.tensor(&format!("{prefix}.bias"), &[out])?) } else { None };
+        Ok(Linear::f32(out, inp, w, b))
+    }
+}
+
+impl LlamaWeights {
+    /// Load every weight by its Hugging Face name, widened to f32; shapes are checked against `cfg`.
+    /// The head is `lm_head.weight` unless `tie_word_embeddings` is set (a tied checkpoint that
+    /// still stores `lm_head.weight` uses the stored copy, as transformers would after loading).
+    pub fn load(ckpt: &mut Checkpoint, cfg: &LlamaConfig) -> Result<LlamaWeights, ModelError> {
+        let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (q_out, kv_out) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
+        let mut l = Loader { ckpt, buf: Vec::new() };
+        let embed_tokens = l.linear("model.embed_tokens", v, h, false)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for n in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{n}");
+            layers.push(LlamaLayer {
+                input_layernorm: l.tensor(&format!("{p}.input_layernorm.weight"), &[h])?,
+                q_proj: l.linear(&format!("{p}.self_attn.q_proj"), q_out, h, cfg.qkv_bias)?,
+                k_proj: l.linear(&format!("{p}.self_attn.k_proj"), kv_out, h, cfg.qkv_bias)?,
+                v_proj: l.linear(&format!("{p}.self_attn.v_proj"), kv_out, h, cfg.qkv_bias)?,
+                o_proj: l.linear(&format!("{p}.self_attn.o_proj"), h, q_out, cfg.o_bias)?,
+                post_attention_layernorm: l.tensor(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), i, h, cfg.mlp_bias)?,
+                up_proj: l.linear(&format!("{p}.mlp.up_proj"), i, h, cfg.mlp_bias)?,
+                down_proj: l.linear(&format!("{p}.mlp.down_proj"), h, i, cfg.mlp_bias)?,
+            });
+        }
+        let norm = l.tensor("model.norm.weight", &[h])?;
+        let has_head = l.ckpt.info("lm_head.weight").is_some();
+        let lm_head = if !cfg.tie_word_embeddings || has_head { Some(l.linear("lm_head", v, h, false)?) } else { None };
+        Ok(LlamaWeights { embed_tokens, layers, norm, lm_head })
+    }
+}
+
+/// Keys and values of every layer for the positions seen so far.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    /// Per layer: k and v, each (len, nkv, hd) row-major.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    n_kv_heads: usize,
+    head_dim: usize,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `cfg`'s layers and K/V heads.
+    pub fn new(cfg: &LlamaConfig) -> KvCache {
+        KvCache { layers: vec![(Vec::new(), Vec::new()); cfg.num_hidden_layers], n_kv_heads: cfg.num_key_value_heads, head_dim: cfg.head_dim, len: 0 }
+    }
+
+    /// Number of positions cached (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forget every position (start a new sequence).
+    pub fn clear(&mut self) {
+        for (k, v) in &mut self.layers {
+            k.clear();
+            v.clear();
+        }
+        self.len = 0;
+    }
+}
+
+/// A Llama-family model ready to run on the CPU.
+#[derive(Clone, Debug)]
+pub struct LlamaModel {
+    pub config: LlamaConfig,
+    pub weights: LlamaWeights,
+    /// Pair layout of the Q/K rows (Halves for safetensors checkpoints, Adjacent for GGUF).
+    pub rope_layout: RopeLayout,
+    /// Frequencies for every rope type except `Dynamic` (which depends on the sequence length).
+    freqs: RopeFreqs,
+}
+
+/// RMSNorm over the last dimension: y = w ⊙ x / √(mean(x²) + ε), x (T, H) in place.
+fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(w.len()) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        for (v, g) in row.iter_mut().zip(w) {
+            *v = g * (*v * r);
+        }
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+impl LlamaModel {
+    /// A model from a parsed config and its weights; `rope_layout` says how the loader laid out
+    /// Q/K rows.
+    pub fn new(config: LlamaConfig, weights: LlamaWeights, rope_layout: RopeLayout) -> LlamaModel {
+        let freqs = config.rope.freqs(None);
+        LlamaModel { config, weights, rope_layout, freqs }
+    }
+
+    /// Load a Hugging Face checkpoint: config.json + safetensors (HF halves RoPE layout).
+    pub fn from_checkpoint(ckpt: &mut Checkpoint) -> Result<LlamaModel, ModelError> {
+        let model = ckpt.name().to_string();
+        let json = ckpt.config()?.ok_or_else(|| ModelError::NoConfig { model: model.clone() })?;
+        let config = LlamaConfig::from_json(&json).map_err(|source| ModelError::Config { model, source })?;
+        let weights = LlamaWeights::load(ckpt, &config)?;
+        Ok(LlamaModel::new(config, weights, RopeLayout::Halves))
+    }
+
+    /// Run `tokens` (T ≥ 0 new tokens) after the `cache.len()` positions already in `cache`, append
+    /// their keys and values to it, and return the logits (T, vocab) row-major. T > 1 is a prefill,
+    /// T = 1 a decode step; any mix works.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let (h, nh, nkv, hd) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        if cache.layers.len() != c.num_hidden_layers || cache.n_kv_heads != nkv || cache.head_dim != hd {
+            return Err(ModelError::CacheMismatch {
+                expected: format!("({}, {nkv}, {hd})", c.num_hidden_layers),
+                found: format!("({}, {}, {})", cache.layers.len(), cache.n_kv_heads, cache.head_dim),
+            });
+        }
+        if let Some((index, &token)) = tokens.iter().enumerate().find(|(_, t)| **t as usize >= c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange { token, index, vocab: c.vocab_size });
+        }
+        let t_new = tokens.len();
+        let p0 = cache.len;
+        let total = p0 + t_new;
+        if let Some(window) = c.sliding_window
+            && total > window
+        {
+            return Err(ModelError::SlidingWindow { len: total, window });
+        }
+        if t_new == 0 {
+            return Ok(Vec::new());
+        }
+        // Dynamic NTK: transformers recomputes θ from max(position_ids) + 1 of this call once it
+        // exceeds max_position_embeddings (keys already cached keep their old rotation).
+        let dynamic;
+        let freqs = if matches!(c.rope.scaling, RopeScaling::Dynamic { .. }) {
+            dynamic = c.rope.freqs(Some(total));
+            &dynamic
+        } else {
+            &self.freqs
+        };
+        let group = nh / nkv;
+        let scale = 1.0 / (hd as f32).sqrt();
+
+        // x (T, H): embedding gather
+        let mut x = vec![0.0f32; t_new * h];
+        for (row, &tok) in x.chunks_exact_mut(h).zip(tokens) {
+            self.weights.embed_tokens.row(tok as usize, row);
+        }
+
+        let mut scores = vec![0.0f32; total];
+        for (layer, (k_cache, v_cache)) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
+            // attention block
+            let mut hs = x.clone();
+            rms_norm(&mut hs, &layer.input_layernorm, c.rms_norm_eps);
+            let mut q = layer.q_proj.forward(&hs); // (T, nh·hd)
+            let mut k = layer.k_proj.forward(&hs); // (T, nkv·hd)
+            let v = layer.v_proj.forward(&hs); // (T, nkv·hd)
+            for t in 0..t_new {
+                apply_rope(&mut q[t * nh * hd..(t + 1) * nh * hd], nh, hd, p0 + t, freqs, self.rope_layout);
+                apply_rope(&mut k[t * nkv * hd..(t + 1) * nkv * hd], nkv, hd, p0 + t, freqs, self.rope_layout);
+            }
+            k_cache.extend_from_slice(&k); // (p0+T, nkv, hd)
+            v_cache.extend_from_slice(&v);
+
+            let mut attn = vec![0.0f32; t_new * nh * hd]; // (T, nh, hd)
+            for t in 0..t_new {
+                let visible = p0 + t + 1; // causal: positions 0..=p0+t
+                for head in 0..nh {
+                    let kvh = head / group;
+                    let qv = &q[(t * nh + head) * hd..(t * nh + head + 1) * hd];
+                    let s = &mut scores[..visible];
+                    for (j, sj) in s.iter_mut().enumerate() {
+                        let kj = &k_cache[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd];
+                        *sj = qv.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    }
+                    // softmax in f32 with the max subtracted
+                    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0f32;
+                    for sj in s.iter_mut() {
+                        *sj = (*sj - m).exp();
+                        sum += *sj;
+                    }
+                    let out = &mut attn[(t * nh + head) * hd..(t * nh + head + 1) * hd];
+                    for (j, sj) in s.iter().enumerate() {
+                        let p = sj / sum;
+                        let vj = &v_cache[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd];
+                        for (o, vv) in out.iter_mut().zip(vj) {
+                            *o += p * vv;
+                        }
+                    }
+                }
+            }
+            let o = layer.o_proj.forward(&attn); // (T, H)
+            for (xi, oi) in x.iter_mut().zip(&o) {
+                *xi += oi;
+            }
+
+            // MLP block
+            let mut hs = x.clone();
+            rms_norm(&mut hs, &layer.post_attention_layernorm, c.rms_norm_eps);
+            let mut gate = layer.gate_proj.forward(&hs); // (T, I)
+            let up = layer.up_proj.forward(&hs); // (T, I)
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = silu(*g) * u;
+            }
+            let down = layer.down_proj.forward(&gate); // (T, H)
+            for (xi, di) in x.iter_mut().zip(&down) {
+                *xi += di;
+            }
+        }
+        cache.len = total;
+
+        rms_norm(&mut x, &self.weights.norm, c.rms_norm_eps);
+        let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
+        Ok(head.forward(&x)) // (T, vocab)
+    }
+}

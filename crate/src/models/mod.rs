@@ -1,0 +1,11 @@
+//! Model architectures on the CPU: readable f32 references that the GPU kernels and quantized
+//! weights are tested against.
+//!
+//! - `config.rs`: Hugging Face `config.json` → typed [`LlamaConfig`].
+//! - `llama.rs`: the Llama-family decoder (Llama, SmolLM2, Mistral, Qwen2) with a KV cache.
+
+pub mod config;
+pub mod llama;
+
+pub use config::{ConfigError, Family, LlamaConfig};
+pub use llama::{KvCache, LlamaLayer, LlamaModel, LlamaWeights, Linear, ModelError, WeightStorage};
