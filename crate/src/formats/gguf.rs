@@ -556,10 +556,10 @@ impl Gguf {
         // tensor info is a name length (8) + n_dims (4) + type (4) + offset (8).
         let rest = c.remaining();
         if n_kv.checked_mul(13).is_none_or(|b| b > rest) {
-            return Err(header(format!("metadata count {n_kv} cannot fit in the remaining {rest} bytes of the file: corrupted")));
+            return Err(header(format!("metadata count {n_kv} cannot fit in the remaining {rest} bytes of the file: corrupted or truncated")));
         }
         if n_tensors.checked_mul(24).is_none_or(|b| b > rest) {
-            return Err(header(format!("tensor count {n_tensors} cannot fit in the remaining {rest} bytes of the file: corrupted")));
+            return Err(header(format!("tensor count {n_tensors} cannot fit in the remaining {rest} bytes of the file: corrupted or truncated")));
         }
 
         let mut metadata: Vec<(String, MetaValue)> = Vec::with_capacity(n_kv as usize);
