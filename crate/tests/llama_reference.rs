@@ -200,3 +200,32 @@ fn bad_tokens_and_caches_are_errors() {
     assert!(matches!(llama.forward(&[3], &mut wrong), Err(ModelError::CacheMismatch { .. })));
     assert!(llama.forward(&[], &mut cache).unwrap().is_empty());
 }
+
+/// The fixtures exercise what they claim: without the sliding window, or with static RoPE instead of
+/// dynamic NTK, our logits no longer match transformers'.
+#[test]
+fn window_and_dynamic_fixtures_are_sensitive() {
+    let m = manifest();
+    let all = tokens(&m["tokens"]);
+    let n = m["prefill"].as_u64().unwrap() as usize;
+    let last_decode_err = |name: &str, edit: &dyn Fn(&mut LlamaConfig)| -> f32 {
+        let llama = load(&fixtures().join(name)).unwrap();
+        let mut cfg = llama.config.clone();
+        edit(&mut cfg);
+        let altered = LlamaModel::new(cfg, llama.weights.clone(), llama.rope_layout);
+        let mut cache = KvCache::new(&altered.config);
+        altered.forward(&all[..n], &mut cache).unwrap();
+        let mut last = Vec::new();
+        for &t in &all[n..] {
+            last = altered.forward(&[t], &mut cache).unwrap();
+        }
+        let theirs = read_f32(&fixtures().join(name).join("logits_decode_2.f32"));
+        max_abs_diff(&last, &theirs)
+    };
+    assert!(last_decode_err("mistral_window", &|c| c.layer_windows = vec![None; c.num_hidden_layers]) > 1e-2);
+    assert!(last_decode_err("qwen2_window", &|c| c.layer_windows = vec![None; c.num_hidden_layers]) > 1e-2);
+    assert!(last_decode_err("qwen2_window", &|c| c.layer_windows = vec![Some(3); c.num_hidden_layers]) > 1e-2);
+    assert!(last_decode_err("mistral_dynamic", &|c| c.rope.scaling = RopeScaling::Default) > 1e-3);
+    assert!(last_decode_err("qwen2_yarn", &|c| c.rope.scaling = RopeScaling::Default) > 1e-2);
+    assert!(last_decode_err("llama_llama3", &|c| c.rope.scaling = RopeScaling::Default) > 1e-3);
+}

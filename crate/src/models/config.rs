@@ -58,9 +58,11 @@ pub struct LlamaConfig {
     pub o_bias: bool,
     /// gate/up/down_proj carry a bias (Llama `mlp_bias`).
     pub mlp_bias: bool,
-    /// Sliding-window attention size when active (Mistral `sliding_window`; Qwen2 with
-    /// `use_sliding_window`).
-    pub sliding_window: Option<usize>,
+    /// Per layer, the sliding-window size when that layer attends to a window only: a query at
+    /// position p sees keys j with p − w < j ≤ p (transformers `sliding_window_overlay`).
+    /// Mistral: `sliding_window` on every layer. Qwen2 with `use_sliding_window`: the layers that
+    /// `layer_types` marks `sliding_attention` (absent: layers ≥ `max_window_layers`, default 28).
+    pub layer_windows: Vec<Option<usize>>,
     pub rope: RopeConfig,
 }
 
@@ -179,11 +181,42 @@ impl LlamaConfig {
             Family::Mistral => (false, false),
             Family::Qwen2 => (true, false),
         };
-        let sliding_window = match family {
-            Family::Llama => None,
-            Family::Mistral => opt_usize(obj, "", "sliding_window")?,
+        let layer_windows = match family {
+            Family::Llama => vec![None; num_hidden_layers],
+            Family::Mistral => {
+                let w = opt_usize(obj, "", "sliding_window")?.map(|w| positive(w, "sliding_window")).transpose()?;
+                vec![w; num_hidden_layers]
+            }
             Family::Qwen2 => {
-                if opt_bool(obj, "use_sliding_window")?.unwrap_or(false) { opt_usize(obj, "", "sliding_window")? } else { None }
+                let window = if opt_bool(obj, "use_sliding_window")?.unwrap_or(false) {
+                    opt_usize(obj, "", "sliding_window")?.map(|w| positive(w, "sliding_window")).transpose()?
+                } else {
+                    None
+                };
+                match window {
+                    None => vec![None; num_hidden_layers],
+                    Some(w) => match get(obj, "layer_types") {
+                        Some(types) => {
+                            let types = types.as_array().ok_or_else(|| err("layer_types", format!("expected a list, found {types}")))?;
+                            if types.len() != num_hidden_layers {
+                                return Err(err("layer_types", format!("has {} entries for {num_hidden_layers} layers", types.len())));
+                            }
+                            types
+                                .iter()
+                                .enumerate()
+                                .map(|(i, t)| match t.as_str() {
+                                    Some("sliding_attention") => Ok(Some(w)),
+                                    Some("full_attention") => Ok(None),
+                                    _ => Err(err(&format!("layer_types[{i}]"), format!("expected \"full_attention\" or \"sliding_attention\", found {t}"))),
+                                })
+                                .collect::<Result<Vec<_>, _>>()?
+                        }
+                        None => {
+                            let first = opt_usize(obj, "", "max_window_layers")?.unwrap_or(28);
+                            (0..num_hidden_layers).map(|i| if i >= first { Some(w) } else { None }).collect()
+                        }
+                    },
+                }
             }
         };
 
@@ -204,7 +237,7 @@ impl LlamaConfig {
             qkv_bias,
             o_bias,
             mlp_bias: mlp_bias && family == Family::Llama,
-            sliding_window,
+            layer_windows,
             rope,
         })
     }
@@ -331,7 +364,7 @@ mod tests {
         let c = LlamaConfig::from_json_str(r#"{"model_type":"qwen2","hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,
           "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":10,"sliding_window":4096,"use_sliding_window":false}"#)
             .unwrap();
-        assert!(c.qkv_bias && !c.o_bias && c.sliding_window.is_none());
+        assert!(c.qkv_bias && !c.o_bias && c.layer_windows == vec![None]);
         assert_eq!(c.max_position_embeddings, 32768);
     }
 

@@ -41,12 +41,12 @@ pub enum ModelError {
     MissingTensor { model: String, tensor: String },
     #[error("model {model}: tensor {tensor} has shape {found:?}, expected {expected:?}")]
     Shape { model: String, tensor: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("model config and weights disagree: {0}")]
+    Inconsistent(String),
     #[error("token {token} at index {index} is out of range (vocab_size {vocab})")]
     TokenOutOfRange { token: u32, index: usize, vocab: usize },
     #[error("the KV cache was made for {found} (layers, kv heads, head_dim) but the model has {expected}")]
     CacheMismatch { expected: String, found: String },
-    #[error("sequence of {len} tokens exceeds the sliding window of {window}; sliding-window attention is not implemented yet")]
-    SlidingWindow { len: usize, window: usize },
 }
 
 /// How a weight matrix is stored. Quantization is a weight dtype: Q8_0 / Q4_0 / Q4_1 (and F16)
@@ -274,17 +274,20 @@ impl LlamaModel {
                 found: format!("({}, {}, {})", cache.layers.len(), cache.n_kv_heads, cache.head_dim),
             });
         }
+        if self.weights.layers.len() != c.num_hidden_layers || c.layer_windows.len() != c.num_hidden_layers {
+            return Err(ModelError::Inconsistent(format!(
+                "num_hidden_layers {}, {} layers of weights, {} layer windows",
+                c.num_hidden_layers,
+                self.weights.layers.len(),
+                c.layer_windows.len()
+            )));
+        }
         if let Some((index, &token)) = tokens.iter().enumerate().find(|(_, t)| **t as usize >= c.vocab_size) {
             return Err(ModelError::TokenOutOfRange { token, index, vocab: c.vocab_size });
         }
         let t_new = tokens.len();
         let p0 = cache.len;
         let total = p0 + t_new;
-        if let Some(window) = c.sliding_window
-            && total > window
-        {
-            return Err(ModelError::SlidingWindow { len: total, window });
-        }
         if t_new == 0 {
             return Ok(Vec::new());
         }
@@ -307,7 +310,7 @@ impl LlamaModel {
         }
 
         let mut scores = vec![0.0f32; total];
-        for (layer, (k_cache, v_cache)) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
+        for ((layer, (k_cache, v_cache)), window) in self.weights.layers.iter().zip(cache.layers.iter_mut()).zip(&c.layer_windows) {
             // attention block
             let mut hs = x.clone();
             rms_norm(&mut hs, &layer.input_layernorm, c.rms_norm_eps);
@@ -323,12 +326,14 @@ impl LlamaModel {
 
             let mut attn = vec![0.0f32; t_new * nh * hd]; // (T, nh, hd)
             for t in 0..t_new {
-                let visible = p0 + t + 1; // causal: positions 0..=p0+t
+                // causal: keys lo..=p0+t; a sliding window of w keeps p0+t − w < j
+                let visible = p0 + t + 1;
+                let lo = window.map_or(0, |w| visible.saturating_sub(w));
                 for head in 0..nh {
                     let kvh = head / group;
                     let qv = &q[(t * nh + head) * hd..(t * nh + head + 1) * hd];
-                    let s = &mut scores[..visible];
-                    for (j, sj) in s.iter_mut().enumerate() {
+                    let s = &mut scores[lo..visible];
+                    for (j, sj) in (lo..visible).zip(s.iter_mut()) {
                         let kj = &k_cache[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd];
                         *sj = qv.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
                     }
@@ -340,7 +345,7 @@ impl LlamaModel {
                         sum += *sj;
                     }
                     let out = &mut attn[(t * nh + head) * hd..(t * nh + head + 1) * hd];
-                    for (j, sj) in s.iter().enumerate() {
+                    for (j, sj) in (lo..visible).zip(s.iter()) {
                         let p = sj / sum;
                         let vj = &v_cache[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd];
                         for (o, vv) in out.iter_mut().zip(vj) {
