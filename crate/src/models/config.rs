@@ -246,9 +246,15 @@ impl LlamaConfig {
 /// RoPE parameters from `rope_parameters` (transformers ≥5) or `rope_theta` + `rope_scaling`.
 fn parse_rope(obj: &Map<String, Value>, head_dim: usize, max_position_embeddings: usize) -> Result<RopeConfig, ConfigError> {
     let empty = Map::new();
-    let (params, prefix) = match (get(obj, "rope_parameters"), get(obj, "rope_scaling")) {
-        (Some(p), _) => (p.as_object().ok_or_else(|| err("rope_parameters", format!("expected an object, found {p}")))?, "rope_parameters."),
-        (None, Some(p)) => (p.as_object().ok_or_else(|| err("rope_scaling", format!("expected an object or null, found {p}")))?, "rope_scaling."),
+    // transformers' `convert_rope_params_to_dict`: `rope_scaling or rope_parameters`, i.e. a
+    // non-empty `rope_scaling` object wins over `rope_parameters`.
+    let scaling = match get(obj, "rope_scaling") {
+        None => None,
+        Some(p) => Some(p.as_object().ok_or_else(|| err("rope_scaling", format!("expected an object or null, found {p}")))?).filter(|m| !m.is_empty()),
+    };
+    let (params, prefix) = match (scaling, get(obj, "rope_parameters")) {
+        (Some(p), _) => (p, "rope_scaling."),
+        (None, Some(p)) => (p.as_object().ok_or_else(|| err("rope_parameters", format!("expected an object, found {p}")))?, "rope_parameters."),
         (None, None) => (&empty, "rope_scaling."),
     };
     let theta = match opt_f64(params, prefix, "rope_theta")? {
@@ -275,13 +281,19 @@ fn parse_rope(obj: &Map<String, Value>, head_dim: usize, max_position_embeddings
         None => "default",
         Some(t) => t.as_str().ok_or_else(|| err(&format!("{prefix}{type_field}"), format!("expected a string, found {t}")))?,
     };
-    // original_max_position_embeddings: in the dict, else top level (Phi-3 style), else max_position_embeddings
+    // original_max_position_embeddings: the dict's, else a top-level field, else
+    // max_position_embeddings. (transformers 5.23 `standardize_rope_params` would let a top-level
+    // field win, but for Llama/Mistral/Qwen2 configs it runs before extra config.json keys become
+    // attributes, so the dict's value is the one used; checked against LlamaConfig(...).)
     let original = |params: &Map<String, Value>| -> Result<usize, ConfigError> {
-        let o = match opt_usize(params, prefix, "original_max_position_embeddings")? {
-            Some(o) => o,
-            None => opt_usize(obj, "", "original_max_position_embeddings")?.unwrap_or(max_position_embeddings),
+        let (o, field) = match opt_usize(params, prefix, "original_max_position_embeddings")? {
+            Some(o) => (o, format!("{prefix}original_max_position_embeddings")),
+            None => (
+                opt_usize(obj, "", "original_max_position_embeddings")?.unwrap_or(max_position_embeddings),
+                "original_max_position_embeddings".to_string(),
+            ),
         };
-        positive(o, &format!("{prefix}original_max_position_embeddings"))
+        positive(o, &field)
     };
     let factor_at_least_1 = |params: &Map<String, Value>| -> Result<f64, ConfigError> {
         let f = req_f64(params, prefix, "factor")?;
@@ -357,6 +369,24 @@ mod tests {
         let (a, b) = (LlamaConfig::from_json_str(old).unwrap(), LlamaConfig::from_json_str(new).unwrap());
         assert_eq!(a.rope, b.rope);
         assert_eq!(a.rope.scaling, RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 });
+    }
+
+    #[test]
+    fn rope_scaling_wins_over_rope_parameters_as_in_transformers() {
+        let c = LlamaConfig::from_json_str(r#"{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":10,
+          "max_position_embeddings":4096,"original_max_position_embeddings":1024,"rope_theta":50000.0,
+          "rope_parameters":{"rope_type":"default","rope_theta":10000.0},
+          "rope_scaling":{"rope_type":"yarn","factor":4.0,"original_max_position_embeddings":2048}}"#)
+            .unwrap();
+        assert_eq!(c.rope.theta, 50000.0);
+        match c.rope.scaling {
+            RopeScaling::Yarn { factor, original_max_position_embeddings, truncate, .. } => {
+                // transformers 5.23 LlamaConfig(...) gives {'rope_type': 'yarn', 'factor': 4.0,
+                // 'original_max_position_embeddings': 2048, 'rope_theta': 50000.0}
+                assert_eq!((factor, original_max_position_embeddings, truncate), (Some(4.0), 2048, true));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
