@@ -19,7 +19,7 @@ import { chromium } from 'playwright-core';
 import { serve } from '../tests/e2e/serve.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const DIST = join(ROOT, 'dist');
+const DIST = resolve(process.env.CRUCIBLE_DIST ?? join(ROOT, 'dist'));
 const args = process.argv.slice(2);
 const seedAt = args.indexOf('--seed');
 const seed = seedAt >= 0 ? args.splice(seedAt, 2)[1] : '42';
