@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use crucible::formats::gguf::{Gguf, GgmlType, GgufError, MetaArray, MetaValue, read_tensor_f32, read_tensor_raw};
+use crucible::formats::gguf::{Gguf, GgmlType, GgufError, MetaArray, MetaValue, read_tensor_f32, read_tensor_raw, read_tensor_split};
 use crucible::formats::io::FileSource;
 use crucible::formats::{ByteSource, MemSource};
 use crucible::tensor::DType;
@@ -167,6 +167,7 @@ fn split_layout_dequantizes_like_the_blocks() {
         let format = t.ggml_type.block_format().unwrap();
         read_tensor_raw(&mut src, t, &mut raw).unwrap();
         let split = SplitBlocks::from_blocks(format, &raw).unwrap();
+        assert_eq!(split, read_tensor_split(&mut src, t).unwrap());
         assert_eq!(split.blocks() * 32, t.numel() as usize);
         assert_eq!(split.mins.is_some(), format == BlockFormat::Q4_1);
         let mut a = Vec::new();
@@ -176,6 +177,8 @@ fn split_layout_dequantizes_like_the_blocks() {
         assert_eq!(bits(&a), bits(&b), "{name}");
         assert_eq!(bits(&a), bits(&f32s(&mut src, &g, &format!("{name}.deq"))), "{name}");
     }
+    let m = read_tensor_split(&mut src, g.tensor("f16.weight").unwrap()).unwrap_err().to_string();
+    assert!(m.contains("tensor f16.weight: type F16 (1) is not a block-quantized type"), "{m}");
     // The word layout, spelled out on one Q4_0 block: weight j < 16 is the low nibble of byte j,
     // weight j + 16 the high nibble; byte k of word w is qs[4w + k].
     let (_, g) = open("main.gguf");
@@ -223,6 +226,8 @@ fn unsupported_types_name_tensor_and_type() {
     let mut out = Vec::new();
     let m = read_tensor_f32(&mut src, g.tensor("blk.0.attn_q.weight").unwrap(), &mut out).unwrap_err().to_string();
     assert!(m.contains("tensor blk.0.attn_q.weight uses ggml type Q4_K (12)"), "{m}");
+    let m = read_tensor_split(&mut src, g.tensor("blk.0.ffn_down.weight").unwrap()).unwrap_err().to_string();
+    assert!(m.contains("tensor blk.0.ffn_down.weight uses ggml type Q6_K (14), not supported"), "{m}");
     // Raw bytes of any type can still be read.
     let mut raw = Vec::new();
     read_tensor_raw(&mut src, g.tensor("blk.0.attn_q.weight").unwrap(), &mut raw).unwrap();

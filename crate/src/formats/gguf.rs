@@ -831,3 +831,20 @@ pub fn read_tensor_f32(src: &mut dyn ByteSource, info: &GgufTensor, out: &mut Ve
     }
     Ok(())
 }
+
+/// One Q8_0 / Q4_0 / Q4_1 tensor in the aligned split layout for GPU upload
+/// ([`quant::SplitBlocks`]: blocks in row-major order, `ne[0] / 32` blocks per row).
+/// Any other type is an error naming the tensor.
+pub fn read_tensor_split(src: &mut dyn ByteSource, info: &GgufTensor) -> Result<quant::SplitBlocks, GgufError> {
+    let file = src.name().to_string();
+    let Some(format) = info.ggml_type.block_format() else {
+        return Err(if info.ggml_type.is_supported() {
+            tensor_err(&file, &info.name, format!("type {} is not a block-quantized type (Q8_0, Q4_0, Q4_1)", info.ggml_type))
+        } else {
+            unsupported(&file, info)
+        });
+    };
+    let mut raw = Vec::new();
+    read_tensor_raw(src, info, &mut raw)?;
+    quant::SplitBlocks::from_blocks(format, &raw).map_err(|e| tensor_err(&file, &info.name, e.to_string()))
+}
