@@ -229,3 +229,44 @@ fn window_and_dynamic_fixtures_are_sensitive() {
     assert!(last_decode_err("qwen2_yarn", &|c| c.rope.scaling = RopeScaling::Default) > 1e-2);
     assert!(last_decode_err("llama_llama3", &|c| c.rope.scaling = RopeScaling::Default) > 1e-3);
 }
+
+/// llama.cpp's `convert_hf_to_gguf.py` permutes Q and K rows per head
+/// (`reshape(n_head, 2, hd/2, ...).swapaxes(1, 2)`: row i → 2i, row i + hd/2 → 2i + 1) so that RoPE
+/// rotates adjacent pairs. Permuted weights + `RopeLayout::Adjacent` give the same logits.
+#[test]
+fn gguf_permuted_qk_with_adjacent_layout_matches() {
+    use crucible::models::{Linear, WeightStorage};
+    use crucible::posenc::RopeLayout;
+    fn permute(l: &Linear, n_heads: usize) -> Linear {
+        let hd = l.out_features / n_heads;
+        let src_row = |r: usize| {
+            let (h, j) = (r / hd, r % hd);
+            h * hd + if j % 2 == 0 { j / 2 } else { j / 2 + hd / 2 }
+        };
+        let WeightStorage::F32(w) = &l.weight;
+        let mut out = Vec::with_capacity(w.len());
+        for r in 0..l.out_features {
+            let s = src_row(r);
+            out.extend_from_slice(&w[s * l.in_features..(s + 1) * l.in_features]);
+        }
+        let bias = l.bias.as_ref().map(|b| (0..l.out_features).map(|r| b[src_row(r)]).collect());
+        Linear::f32(l.out_features, l.in_features, out, bias)
+    }
+    let m = manifest();
+    for name in ["llama_tied", "qwen2_yarn"] {
+        let hf = load(&fixtures().join(name)).unwrap();
+        let mut w = hf.weights.clone();
+        for layer in &mut w.layers {
+            layer.q_proj = permute(&layer.q_proj, hf.config.num_attention_heads);
+            layer.k_proj = permute(&layer.k_proj, hf.config.num_key_value_heads);
+        }
+        let gguf = LlamaModel::new(hf.config.clone(), w, RopeLayout::Adjacent);
+        let model = m["models"].as_array().unwrap().iter().find(|x| x["name"] == name).unwrap();
+        let s = &model["logits"]["prefill"];
+        let ours = gguf.forward(&tokens(&s["tokens"]), &mut KvCache::new(&gguf.config)).unwrap();
+        let theirs = read_f32(&fixtures().join(name).join(s["file"].as_str().unwrap()));
+        let err = max_abs_diff(&ours, &theirs);
+        // Same tolerance as the HF-layout comparison: 1e-4 absolute.
+        assert!(err <= 1e-4, "{name}: adjacent layout differs by {err:e}");
+    }
+}
