@@ -355,24 +355,57 @@ fn unnormalised_probs(logits: &[f32]) -> Option<Vec<f64>> {
 }
 
 /// HF `TopPLogitsWarper` (min_tokens_to_keep = 1): sort ascending, remove the tokens whose
-/// cumulative probability is ≤ 1 − p, never the most probable one. Probabilities in f64
-/// (HF: f32; the two differ only for tokens within rounding of the threshold). Equal scores
-/// are ordered by ascending token id.
+/// cumulative probability is ≤ 1 − p, never the most probable one.
+///
+/// Computed from the top instead of the bottom (same set): the token at ascending position j has
+/// cumulative probability 1 − S(j), S(j) the mass of the tokens ranked above it, so it is removed
+/// iff S(j) ≥ p. Only the head of the ranking is sorted (64 tokens, then 4× more until their
+/// mass reaches p), so a 49k vocabulary costs O(V) instead of a full sort. Probabilities in f64
+/// (HF: f32; the two differ only for tokens within rounding of the threshold). Equal scores rank
+/// the lower token id lower, as a stable ascending sort would.
 pub fn top_p(logits: &mut [f32], p: f32) {
     let Some(w) = unnormalised_probs(logits) else { return };
     let total: f64 = w.iter().sum();
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(a.cmp(&b)));
-    let threshold = 1.0 - p as f64;
-    let mut cum = 0.0f64;
-    for &i in &order[..order.len() - 1] {
-        cum += w[i] / total;
-        if cum <= threshold {
-            logits[i] = f32::NEG_INFINITY;
-        } else {
-            break; // cumulative sums only grow
+    let target = p as f64 * total;
+    // Candidates: finite tokens (−inf ones are already removed), as u64 keys whose descending
+    // order is the ranking: larger score first, among equal scores the larger id first.
+    let mut keys: Vec<u64> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s != f32::NEG_INFINITY)
+        .map(|(i, &s)| ((ordered_bits(s) as u64) << 32) | i as u64)
+        .collect();
+    let n = keys.len();
+    let token = |key: u64| (key & 0xffff_ffff) as usize;
+    // keys[..sorted] hold the head in rank order; extend it a chunk at a time (64, ×4)
+    let (mut sorted, mut chunk, mut above) = (0usize, 64usize, 0.0f64);
+    let keep = 'grow: loop {
+        let end = n.min(sorted + chunk);
+        if end < n {
+            keys[sorted..].select_nth_unstable_by(end - sorted - 1, |a, b| b.cmp(a));
         }
+        keys[sorted..end].sort_unstable_by(|a, b| b.cmp(a));
+        for k in sorted..end {
+            if k > 0 && above >= target {
+                break 'grow k;
+            }
+            above += w[token(keys[k])];
+        }
+        if end == n {
+            break n;
+        }
+        sorted = end;
+        chunk *= 4;
+    };
+    for &key in &keys[keep..] {
+        logits[token(key)] = f32::NEG_INFINITY;
     }
+}
+
+/// A u32 whose unsigned order is the numeric order of the (non-NaN) f32 `x`.
+fn ordered_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b & 0x8000_0000 != 0 { !b } else { b | 0x8000_0000 }
 }
 
 /// HF `MinPLogitsWarper` (min_tokens_to_keep = 1): remove tokens with
@@ -390,17 +423,15 @@ pub fn min_p(logits: &mut [f32], min_p: f32) {
 /// Index of the largest score, the lowest index among ties (as `torch.argmax`); `None` when the
 /// row is empty or entirely −inf. NaN must have been rejected before (see `check_logits`).
 pub fn argmax(logits: &[f32]) -> Option<u32> {
-    let mut best: Option<(usize, f32)> = None;
+    let mut best = None;
+    let mut best_v = f32::NEG_INFINITY;
     for (i, &s) in logits.iter().enumerate() {
-        if s == f32::NEG_INFINITY {
-            continue;
-        }
-        match best {
-            Some((_, b)) if s <= b => {}
-            _ => best = Some((i, s)),
+        if s > best_v {
+            best_v = s;
+            best = Some(i as u32);
         }
     }
-    best.map(|(i, _)| i as u32)
+    best
 }
 
 /// Softmax of a processed row in f64 (`libm::exp`); −inf tokens get 0. `None` when all are −inf.
@@ -501,6 +532,59 @@ mod tests {
         no_repeat_ngram(&mut l, &[5, 6, 5, 7, 5], 2);
         let banned: Vec<usize> = (0..8).filter(|&i| l[i] == f32::NEG_INFINITY).collect();
         assert_eq!(banned, vec![6, 7]);
+    }
+
+    /// HF's TopPLogitsWarper written literally: full ascending sort (ties by id), cumsum,
+    /// remove cumulative ≤ 1 − p except the last.
+    fn top_p_literal(logits: &mut [f32], p: f32) {
+        let w = unnormalised_probs(logits).unwrap();
+        let total: f64 = w.iter().sum();
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(a.cmp(&b)));
+        let mut cum = 0.0;
+        let remove: Vec<usize> = order[..order.len() - 1]
+            .iter()
+            .copied()
+            .filter(|&i| {
+                cum += w[i] / total;
+                cum <= 1.0 - p as f64
+            })
+            .collect();
+        for i in remove {
+            logits[i] = f32::NEG_INFINITY;
+        }
+    }
+
+    #[test]
+    fn top_p_head_selection_equals_full_sort() {
+        // large flat rows make the nucleus far bigger than the first 64-token head (doubling
+        // path); quantised scores make many ties; some tokens arrive masked
+        let mut state = 9u64;
+        for (vocab, levels, p) in [(5000, 0, 0.99f32), (5000, 0, 0.5), (3000, 7, 0.9), (300, 3, 0.3), (1, 0, 0.5), (70, 0, 1.0)] {
+            let row: Vec<f32> = (0..vocab)
+                .map(|i| {
+                    let u = (splitmix64(&mut state) >> 40) as f32 / 16_777_216.0;
+                    if i % 11 == 3 {
+                        f32::NEG_INFINITY
+                    } else if levels > 0 {
+                        (u * levels as f32).floor()
+                    } else {
+                        u * 3.0
+                    }
+                })
+                .collect();
+            let (mut a, mut b) = (row.clone(), row.clone());
+            top_p(&mut a, p);
+            top_p_literal(&mut b, p);
+            let removed = |v: &[f32]| v.iter().filter(|x| **x == f32::NEG_INFINITY).count();
+            assert_eq!(
+                a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "vocab {vocab}, levels {levels}, p {p}: removed {} vs {}",
+                removed(&a),
+                removed(&b)
+            );
+        }
     }
 
     #[test]
