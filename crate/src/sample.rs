@@ -210,6 +210,10 @@ impl Sampler {
     /// Runs the processor chain on `logits` (`[vocab]`, overwritten with the processed scores,
     /// −inf for removed tokens) given the token `history` (`[seq]`). Warpers run only when
     /// sampling (temperature > 0). Errors on an empty row or NaN / +inf logits.
+    ///
+    /// `history` is what HF calls `input_ids`: for parity with `generate`, the prompt followed by
+    /// every token generated so far (HF penalises prompt tokens too). A caller that wants
+    /// llama.cpp's `penalty_last_n` window passes only the last n tokens.
     pub fn process(&self, logits: &mut [f32], history: &[u32]) -> Result<(), SamplingError> {
         check_logits(logits)?;
         let p = &self.params;
@@ -499,6 +503,16 @@ pub fn portability_probe() -> ([u64; 4], Vec<u32>) {
     (bits, tokens)
 }
 
+/// Pinned outputs of `portability_probe` (regression pins from this implementation; changing the
+/// stream, the key derivation or the inverse CDF changes them and must be deliberate).
+#[doc(hidden)]
+pub const PROBE_BITS: [u64; 4] = [4596076043487667340, 4591232457603552912, 4606894441107774260, 4604688792375240425];
+#[doc(hidden)]
+pub const PROBE_TOKENS: [u32; 48] = [
+    26, 13, 91, 76, 5, 34, 76, 68, 89, 18, 39, 60, 81, 76, 68, 47, 57, 2, 47, 76, 13, 13, 73, 47, //
+    13, 94, 5, 55, 18, 65, 89, 89, 55, 10, 15, 57, 10, 89, 89, 31, 36, 13, 78, 55, 7, 55, 18, 34,
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,12 +617,3 @@ mod tests {
     }
 }
 
-/// Pinned outputs of `portability_probe` (regression pins from this implementation; changing the
-/// stream, the key derivation or the inverse CDF changes them and must be deliberate).
-#[doc(hidden)]
-pub const PROBE_BITS: [u64; 4] = [4596076043487667340, 4591232457603552912, 4606894441107774260, 4604688792375240425];
-#[doc(hidden)]
-pub const PROBE_TOKENS: [u32; 48] = [
-    26, 13, 91, 76, 5, 34, 76, 68, 89, 18, 39, 60, 81, 76, 68, 47, 57, 2, 47, 76, 13, 13, 73, 47, //
-    13, 94, 5, 55, 18, 65, 89, 89, 55, 10, 15, 57, 10, 89, 89, 31, 36, 13, 78, 55, 7, 55, 18, 34,
-];
