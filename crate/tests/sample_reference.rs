@@ -16,6 +16,24 @@ struct Manifest {
     version: u32,
     rows: Vec<Row>,
     cases: Vec<Case>,
+    generate: Vec<GenerateRun>,
+}
+
+/// One `model.generate` run of a tiny random Llama: per step the raw logits and HF's scores.
+#[derive(Deserialize)]
+struct GenerateRun {
+    name: String,
+    params: SamplingParams,
+    vocab: usize,
+    prompt: Vec<u32>,
+    tokens: Vec<u32>,
+    steps: Vec<Step>,
+}
+
+#[derive(Deserialize)]
+struct Step {
+    logits: usize,
+    scores: usize,
 }
 
 #[derive(Deserialize)]
@@ -40,6 +58,7 @@ struct Fixtures {
     manifest: Manifest,
     inputs: Vec<f32>,
     outputs: Vec<f32>,
+    generate: Vec<f32>,
 }
 
 impl Fixtures {
@@ -68,8 +87,8 @@ fn read_f32(name: &str) -> Vec<f32> {
 fn load() -> Fixtures {
     let text = std::fs::read_to_string(dir().join("manifest.json")).expect("manifest.json");
     let manifest: Manifest = serde_json::from_str(&text).expect("manifest parses");
-    assert_eq!(manifest.version, 1, "fixture version");
-    Fixtures { manifest, inputs: read_f32("inputs.f32"), outputs: read_f32("outputs.f32") }
+    assert_eq!(manifest.version, 2, "fixture version");
+    Fixtures { manifest, inputs: read_f32("inputs.f32"), outputs: read_f32("outputs.f32"), generate: read_f32("generate.f32") }
 }
 
 /// −inf positions identical; finite values within 1e-6 relative (floor 1e-3 on the magnitude).
@@ -131,6 +150,33 @@ fn free_functions_match_hf_alone() {
             other => panic!("unknown processor {other}"),
         }
         compare(&ours, f.expected(case), &format!("row {} {}", case.row, case.name));
+    }
+}
+
+#[test]
+fn replays_hf_generate_loops() {
+    // The decode loop of `generate`: history = prompt + tokens so far. Every step's processed
+    // scores equal HF's; greedy runs pick HF's tokens; sampled runs' HF tokens survive our chain.
+    let f = load();
+    assert!(f.manifest.generate.len() >= 3);
+    for run in &f.manifest.generate {
+        let v = run.vocab;
+        let mut sampler = Sampler::new(run.params.clone()).unwrap();
+        let mut history = run.prompt.clone();
+        assert_eq!(run.steps.len(), run.tokens.len());
+        for (t, (step, &token)) in run.steps.iter().zip(&run.tokens).enumerate() {
+            let raw = &f.generate[step.logits..step.logits + v];
+            let hf = &f.generate[step.scores..step.scores + v];
+            let mut ours = raw.to_vec();
+            let picked = sampler.sample(&mut ours, &history).unwrap();
+            compare(&ours, hf, &format!("generate {} step {t}", run.name));
+            if run.params.is_greedy() {
+                assert_eq!(picked, token, "generate {} step {t}: greedy token", run.name);
+            } else {
+                assert!(ours[token as usize].is_finite(), "generate {} step {t}: HF drew a token we removed", run.name);
+            }
+            history.push(token);
+        }
     }
 }
 
