@@ -13,7 +13,8 @@
 //! * Presence / frequency penalties are not HF processors: they follow the OpenAI API definition
 //!   and llama.cpp's `llama_sampler_penalties` (`src/llama-sampling.cpp`):
 //!   `logit -= presence·[count > 0] + frequency·count`, applied right after the repetition penalty,
-//!   before the warpers.
+//!   before the warpers. (llama.cpp's own chain puts temperature last, after top-k/top-p/min-p;
+//!   Crucible follows HF's order, temperature first, since min-p and top-p depend on it.)
 //!
 //! Order, exactly as `_get_logits_processor` builds it for `do_sample=True`, `num_beams=1`
 //! (so `min_tokens_to_keep = 1`), each step only when its parameter enables it:
