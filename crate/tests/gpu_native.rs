@@ -229,3 +229,90 @@ fn buffer_pool_reuses_buffers_across_calls() {
     );
     assert!(after_second.reused > after_first.reused);
 }
+
+#[test]
+fn qmatvec_matches_reference() {
+    let ctx = ctx();
+    pollster::block_on(qmatvec_cases(&ctx));
+    pollster::block_on(qmatvec_vs_dequantized_matmul(&ctx));
+}
+
+/// More output rows than one grid dimension holds (70 000 > 65 535 workgroups: the 2-D grid).
+#[test]
+fn qmatvec_on_a_2d_grid() {
+    let ctx = ctx();
+    pollster::block_on(check_qmatvec(
+        &ctx,
+        crucible::tensor::quant::BlockFormat::Q4_0,
+        70_000,
+        32,
+        None,
+    ));
+}
+
+/// Prints qmatvec's Q4_1 throughput on the adapter (kernel only: weights resident, GB/s of the
+/// split-layout weight bytes read: 24 bytes per 32 weights) next to the CPU reference: figures
+/// for the report, not assertions.
+#[test]
+fn qmatvec_throughput_report() {
+    use crucible::ops::qmatvec;
+    use crucible::tensor::quant::BlockFormat;
+    let ctx = ctx();
+    for (n, k) in [(1536usize, 576usize), (49_152, 576)] {
+        let (w, _) = quantized_weight(BlockFormat::Q4_1, n, k, 9);
+        let x = data(10, k, 1.0);
+        let nb = n * k / 32;
+        let weight_bytes = (nb * (4 + 4 + 16)) as f64;
+        let x_buf = ctx.upload_f32("bench.qx", &x).unwrap();
+        let s_buf = ctx.upload_f32("bench.qscales", &w.scales).unwrap();
+        let m_buf = ctx.upload_f32("bench.qmins", w.mins.as_ref().unwrap()).unwrap();
+        let q_buf = ctx
+            .upload_f32("bench.qqs", bytemuck::cast_slice(&w.qs))
+            .unwrap();
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let y_buf = ctx.buffer("bench.qy", (n * 4) as u64, usage).unwrap();
+        let meta = qmatvec::Meta {
+            rows: n as u32,
+            k: k as u32,
+            format: qmatvec::format_code(BlockFormat::Q4_1),
+            _pad: 0,
+        };
+        let run = |reps: usize| {
+            let t = std::time::Instant::now();
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            for _ in 0..reps {
+                qmatvec::encode(
+                    &ctx,
+                    &mut enc,
+                    &meta,
+                    s_buf.binding((nb * 4) as u64),
+                    m_buf.binding((nb * 4) as u64),
+                    q_buf.binding((nb * 16) as u64),
+                    x_buf.binding((k * 4) as u64),
+                    y_buf.binding((n * 4) as u64),
+                )
+                .unwrap();
+            }
+            ctx.queue.submit([enc.finish()]);
+            pollster::block_on(ctx.read_f32("bench.qy", &y_buf, 0, 1)).unwrap();
+            t.elapsed().as_secs_f64() / reps as f64
+        };
+        run(1); // warm-up: pipeline and first use
+        let reps = 8;
+        let s = run(reps);
+        let t = std::time::Instant::now();
+        let y = qmatvec::reference(&w, n, k, &x).unwrap();
+        let cpu = t.elapsed().as_secs_f64();
+        assert_eq!(y.len(), n);
+        println!(
+            "qmatvec Q4_1 ({n}×{k}) on {}: {:.3} ms per dispatch, {:.2} GB/s of weights \
+             ({:.1} MB); CPU reference (1 thread, this build): {:.3} ms, {:.2} GB/s",
+            ctx.adapter_info.name,
+            s * 1e3,
+            weight_bytes / s / 1e9,
+            weight_bytes / 1e6,
+            cpu * 1e3,
+            weight_bytes / cpu / 1e9
+        );
+    }
+}

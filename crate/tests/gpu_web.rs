@@ -75,3 +75,10 @@ async fn buffer_pool_reuses_buffers_across_calls() {
     assert_eq!(second.created, first.created, "{first:?} → {second:?}");
     assert!(second.reused > first.reused);
 }
+
+#[wasm_bindgen_test]
+async fn qmatvec_matches_reference() {
+    let ctx = ctx().await;
+    qmatvec_cases(&ctx).await;
+    qmatvec_vs_dequantized_matmul(&ctx).await;
+}

@@ -5,6 +5,7 @@
 //! lavapipe, crate/tests/gpu_web.rs in Chromium).
 
 pub mod matmul;
+pub mod qmatvec;
 pub mod rmsnorm;
 pub mod weighted_sum;
 

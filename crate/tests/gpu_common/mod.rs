@@ -253,3 +253,100 @@ pub async fn chained_rmsnorm_matmul(ctx: &GpuContext) {
         }
     }
 }
+
+/// Random (n, k) weights quantized to `format` with llama.cpp's reference quantizer, in the split
+/// layout, and their dequantized f32 values (n · k).
+pub fn quantized_weight(
+    format: crucible::tensor::quant::BlockFormat,
+    n: usize,
+    k: usize,
+    seed: u64,
+) -> (crucible::tensor::quant::SplitBlocks, Vec<f32>) {
+    use crucible::tensor::quant::{SplitBlocks, quantize};
+    let w = data(seed, n * k, 1.0);
+    let mut bytes = Vec::new();
+    quantize(format, &w, &mut bytes).unwrap();
+    let split = SplitBlocks::from_blocks(format, &bytes).unwrap();
+    let mut deq = Vec::with_capacity(n * k);
+    split.dequantize(&mut deq).unwrap();
+    (split, deq)
+}
+
+/// qmatvec y = W · x for W: (N, K) quantized to `format`, against the CPU reference.
+pub async fn check_qmatvec(
+    ctx: &GpuContext,
+    format: crucible::tensor::quant::BlockFormat,
+    n: usize,
+    k: usize,
+    max_chunk_rows: Option<usize>,
+) {
+    use crucible::ops::qmatvec;
+    let (w, deq) = quantized_weight(format, n, k, 31 + (n * 3 + k) as u64);
+    let x = data(77 + k as u64, k, 2.0);
+    let p = qmatvec::QMatvecParams { n, k, max_chunk_rows };
+    let gpu = qmatvec::qmatvec(ctx, &w, &x, &p)
+        .await
+        .unwrap_or_else(|e| panic!("qmatvec {format} (N={n}, K={k}) failed on the GPU: {e}"));
+    let cpu = qmatvec::reference(&w, n, k, &x).unwrap();
+    assert_eq!(gpu.len(), n, "qmatvec {format} (N={n}, K={k}): output length");
+    for r in 0..n {
+        let s: f64 = (0..k)
+            .map(|j| (deq[r * k + j] as f64 * x[j] as f64).abs())
+            .sum();
+        // Tolerance: both sides sum the K products in f32, in different orders (sequential vs
+        // per-thread vec4 dots and a tree): each |error| ≤ (K − 1)·ε·Σ|w·x| after the products'
+        // own rounding (ε each); the GPU may also fuse d·q + m (one rounding of w, ε·|w·x|).
+        // So |diff| ≤ (2K + 4)·ε·Σ|w·x|. A wrong block, nibble, scale or row gives O(1) errors.
+        let tol = (2.0 * k as f64 + 4.0) * EPS * s + 1e-30;
+        let diff = (gpu[r] as f64 - cpu[r] as f64).abs();
+        assert!(
+            diff <= tol,
+            "qmatvec {format} (N={n}, K={k}) at y[{r}]: gpu {} cpu {} |diff| {diff:e} > tol {tol:e}",
+            gpu[r],
+            cpu[r]
+        );
+    }
+}
+
+/// Every format on SmolLM2's projection shapes (576 → 576, 576 → 1536, 1536 → 576), an odd N and
+/// the smallest matrix.
+pub async fn qmatvec_cases(ctx: &GpuContext) {
+    for f in crucible::tensor::quant::BlockFormat::ALL {
+        check_qmatvec(ctx, f, 1, 32, None).await;
+        check_qmatvec(ctx, f, 257, 96, None).await;
+        check_qmatvec(ctx, f, 576, 576, None).await;
+        check_qmatvec(ctx, f, 1536, 576, None).await;
+        check_qmatvec(ctx, f, 576, 1536, None).await;
+    }
+    // Split path: 257 rows in chunks of 100 (3 chunks, the last one short).
+    check_qmatvec(ctx, crucible::tensor::quant::BlockFormat::Q4_1, 257, 64, Some(100)).await;
+}
+
+/// qmatvec against the f32 path: dequantize W on the CPU, then the existing GPU matmul with
+/// A = x: (1, K), B = W: (N, K). Both sum the same f32 products in different orders.
+pub async fn qmatvec_vs_dequantized_matmul(ctx: &GpuContext) {
+    use crucible::ops::qmatvec;
+    let (n, k) = (1536usize, 576usize);
+    for f in crucible::tensor::quant::BlockFormat::ALL {
+        let (w, deq) = quantized_weight(f, n, k, 4242);
+        let x = data(4343, k, 1.0);
+        let q = qmatvec::qmatvec(ctx, &w, &x, &qmatvec::QMatvecParams { n, k, max_chunk_rows: None })
+            .await
+            .unwrap();
+        let mm = matmul::matmul(ctx, &x, &deq, &matmul::MatmulParams { m: 1, n, k })
+            .await
+            .unwrap();
+        for r in 0..n {
+            let s: f64 = (0..k).map(|j| (deq[r * k + j] as f64 * x[j] as f64).abs()).sum();
+            // Same bound as check_qmatvec: two f32 sums of the same K products, any order.
+            let tol = (2.0 * k as f64 + 4.0) * EPS * s + 1e-30;
+            let diff = (q[r] as f64 - mm[r] as f64).abs();
+            assert!(
+                diff <= tol,
+                "qmatvec {f} vs dequantize+matmul (N={n}, K={k}) at y[{r}]: {} vs {} |diff| {diff:e} > tol {tol:e}",
+                q[r],
+                mm[r]
+            );
+        }
+    }
+}

@@ -1,0 +1,122 @@
+// qmatvec.wgsl: quantized matrix–vector product for decode, dequantizing in the kernel.
+//
+//   y[r] = Σ_{j<K} W[r, j] · x[j]        W: (rows, K) in 32-weight blocks, x: (K) f32, y: (rows) f32
+//
+// with W[r, 32b + j] the weight j of block (r·K/32 + b), dequantized as in llama.cpp
+// ggml-quants.c `dequantize_row_q8_0 / _q4_0 / _q4_1` (ggml-common.h `block_q8_0`, `block_q4_0`,
+// `block_q4_1`):
+//   Q8_0  w = d·q            q: i8
+//   Q4_0  w = d·(q − 8)      q: u4, weight j < 16 the low nibble of byte j, j + 16 its high nibble
+//   Q4_1  w = d·q + m        q: u4, same nibble order
+// The format is `params.format` (0 Q8_0, 1 Q4_0, 2 Q4_1): one pipeline, a branch that is uniform
+// across the whole dispatch. Host side and CPU reference: crate/src/ops/qmatvec.rs; the split
+// layout: crate/src/tensor/quant.rs `SplitBlocks`. References for the kernel shape: llama.cpp's
+// `mul_mat_vec` kernels (Vulkan `mul_mat_vec.comp`, WebGPU `mul_mat_vec.wgsl`): one workgroup per
+// output row, threads over the row's blocks, shared-memory reduction.
+//
+// Bindings (group 0)
+//   0  params uniform             Meta (16 bytes)
+//   1  scales storage, read       array<f32>        (rows · K/32)      d of each block
+//   2  mins   storage, read       array<f32>        (rows · K/32)      m of each block (Q4_1;
+//                                                                       any f32 buffer otherwise)
+//   3  qs     storage, read       array<u32>        (rows · K/32 · W)  W = 8 (Q8_0) or 4 (Q4_*)
+//   4  x      storage, read       array<vec4<f32>>  (K/4)
+//   5  y      storage, read_write array<f32>        (rows)
+//
+// Layout of qs (SplitBlocks): the block's quant bytes unchanged, little-endian, W words per
+// block; byte k of word w is quant byte 4w + k. So one u32 word covers
+//   Q8_0: weights 4w .. 4w+3                     → x4[8b + w]
+//   Q4_*: weights 4w .. 4w+3 (low nibbles)       → x4[8b + w]
+//         and 4w+16 .. 4w+19 (high nibbles)      → x4[8b + 4 + w]
+// where x4 is x read as vec4 (K is a multiple of 32, so 8 vec4 per block).
+//
+// Workgroup layout: 64 threads per output row, one workgroup per row on a 2-D grid
+// (row = wid.y · gx + wid.x) so rows may exceed 65535. Rows past `rows` skip loads and stores
+// but still meet every barrier (barriers stay in uniform control flow).
+//
+// The trick: the unit of work is one u32 word of quants, not one block. Thread l takes words
+// l, l + 64, l + 128, … of its row (a row of K = 576 has 72 Q4 words or 144 Q8 words, so most
+// threads have work, where one-block-per-thread would idle 46 of 64 threads), unpacks the 4 or 8
+// weights of the word into vec4s, dequantizes them with the block's d (and m) and accumulates
+// dot(w, x) in f32. Consecutive threads read consecutive words: coalesced. The 64 partial sums
+// are then folded in workgroup memory by halving (32, 16, …, 1: 6 barriers). No subgroups: the
+// kernel runs wherever WebGPU does (SwiftShader caps workgroups at 256 invocations).
+
+const WG: u32 = 64u;
+
+struct Meta {
+    rows: u32,    // output rows in this dispatch (a chunk of N)
+    k: u32,       // row length K, a multiple of 32
+    format: u32,  // 0 Q8_0, 1 Q4_0, 2 Q4_1
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Meta;
+@group(0) @binding(1) var<storage, read> scales: array<f32>;
+@group(0) @binding(2) var<storage, read> mins: array<f32>;
+@group(0) @binding(3) var<storage, read> qs: array<u32>;
+@group(0) @binding(4) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+var<workgroup> partial: array<f32, WG>;
+
+// The four bytes of `word` as i8 (sign-extended), in byte order.
+fn i8x4(word: u32) -> vec4<f32> {
+    let s = bitcast<i32>(word);
+    return vec4<f32>(vec4<i32>(
+        extractBits(s, 0u, 8u),
+        extractBits(s, 8u, 8u),
+        extractBits(s, 16u, 8u),
+        extractBits(s, 24u, 8u),
+    ));
+}
+
+// The low nibbles (shift 0) or high nibbles (shift 4) of the four bytes of `word`.
+fn u4x4(word: u32, shift: u32) -> vec4<f32> {
+    let v = (vec4<u32>(word) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(shift))) & vec4<u32>(0xFu);
+    return vec4<f32>(v);
+}
+
+@compute @workgroup_size(64)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = wid.y * groups.x + wid.x;
+    let nb = params.k / 32u;                          // blocks per row
+    let wpb = select(4u, 8u, params.format == 0u);    // words per block
+    let words = nb * wpb;                             // words per row
+
+    var acc = 0.0;
+    if (row < params.rows) {
+        let b0 = row * nb;
+        for (var i = lid; i < words; i = i + WG) {
+            let b = i / wpb;           // block within the row
+            let w = i % wpb;           // word within the block
+            let d = scales[b0 + b];
+            let word = qs[(b0 + b) * wpb + w];
+            if (params.format == 0u) {
+                acc = acc + dot(d * i8x4(word), x[8u * b + w]);
+            } else if (params.format == 1u) {
+                acc = acc + dot(d * (u4x4(word, 0u) - vec4<f32>(8.0)), x[8u * b + w]);
+                acc = acc + dot(d * (u4x4(word, 4u) - vec4<f32>(8.0)), x[8u * b + 4u + w]);
+            } else {
+                let m = vec4<f32>(mins[b0 + b]);
+                acc = acc + dot(d * u4x4(word, 0u) + m, x[8u * b + w]);
+                acc = acc + dot(d * u4x4(word, 4u) + m, x[8u * b + 4u + w]);
+            }
+        }
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h = h / 2u) {
+        if (lid < h) {
+            partial[lid] = partial[lid] + partial[lid + h];
+        }
+        workgroupBarrier();
+    }
+    if (row < params.rows && lid == 0u) {
+        y[row] = partial[0];
+    }
+}
