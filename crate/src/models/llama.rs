@@ -23,6 +23,7 @@ use crate::formats::checkpoint::Checkpoint;
 use crate::formats::safetensors::FormatError;
 use crate::models::config::{ConfigError, LlamaConfig};
 use crate::posenc::rope::{RopeFreqs, RopeLayout, RopeScaling, apply_rope};
+use crate::tensor::quant::{self, BlockFormat, QK};
 
 /// Errors building or running a model. Each names the model and, where there is one, the tensor.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,15 @@ pub enum ModelError {
     TokenOutOfRange { token: u32, index: usize, vocab: usize },
     #[error("the KV cache was made for {found} (layers, kv heads, head_dim) but the model has {expected}")]
     CacheMismatch { expected: String, found: String },
+    /// Reading a GGUF file (the error names the file and the key or tensor).
+    #[error("{0}")]
+    Gguf(#[from] crate::formats::gguf::GgufError),
+    /// A tensor's data does not fit the layout its metadata promises.
+    #[error("model {model}: tensor {tensor}: {message}")]
+    Tensor { model: String, tensor: String, message: String },
+    /// A metadata entry (GGUF key) the model cannot use.
+    #[error("model {model}: metadata key {key}: {message}")]
+    Key { model: String, key: String, message: String },
 }
 
 /// How a weight matrix is stored. Quantization is a weight dtype: Q8_0 / Q4_0 / Q4_1 (and F16)
@@ -55,6 +65,10 @@ pub enum ModelError {
 pub enum WeightStorage {
     /// Row-major (out_features, in_features).
     F32(Vec<f32>),
+    /// GGUF blocks as stored in the file (llama.cpp `block_q8_0` / `block_q4_0` / `block_q4_1`),
+    /// row-major: row o is blocks o·in/32 .. (o+1)·in/32, each 32 consecutive weights of that row.
+    /// (out_features · in_features / 32 · format.block_bytes()) bytes.
+    Blocks { format: BlockFormat, bytes: Vec<u8> },
 }
 
 /// A linear layer y = x·Wᵀ (+ b), W of shape (out_features, in_features) as in `torch.nn.Linear`.
@@ -74,7 +88,29 @@ impl Linear {
         Linear { out_features, in_features, weight: WeightStorage::F32(weight), bias }
     }
 
+    /// A block-quantized layer over raw GGUF blocks. `in_features` must be a multiple of 32 and
+    /// `bytes` exactly out × in / 32 blocks; the error message says which does not hold.
+    pub fn quantized(out_features: usize, in_features: usize, format: BlockFormat, bytes: Vec<u8>, bias: Option<Vec<f32>>) -> Result<Linear, String> {
+        if !in_features.is_multiple_of(QK) {
+            return Err(format!("{format}: row length {in_features} is not a multiple of the block size {QK}"));
+        }
+        let expected = out_features * (in_features / QK) * format.block_bytes();
+        if bytes.len() != expected {
+            return Err(format!("{format}: {} bytes, expected {expected} for ({out_features}, {in_features})", bytes.len()));
+        }
+        if let Some(b) = &bias
+            && b.len() != out_features
+        {
+            return Err(format!("bias has {} values, expected {out_features}", b.len()));
+        }
+        Ok(Linear { out_features, in_features, weight: WeightStorage::Blocks { format, bytes }, bias })
+    }
+
     /// x (T, in) → y (T, out). `x.len()` must be a multiple of `in_features`.
+    ///
+    /// Quantized weights: each 32-weight block of a row is dequantized once (exactly as
+    /// [`quant::dequantize`], into a stack buffer) and dotted with the matching 32 inputs of all
+    /// T tokens; everything is f32 (the activations are not quantized).
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
         let t = x.len() / self.in_features;
         let mut y = vec![0.0f32; t * self.out_features];
@@ -87,16 +123,98 @@ impl Linear {
                     }
                 }
             }
+            WeightStorage::Blocks { format, bytes } => {
+                let row_bytes = self.in_features / QK * format.block_bytes();
+                let mut acc = vec![0.0f32; t]; // (T,) the dot products of one row
+                let mut wb = [0.0f32; QK];
+                for (o, row) in bytes.chunks_exact(row_bytes).enumerate() {
+                    acc.iter_mut().for_each(|a| *a = 0.0);
+                    for (b, block) in row.chunks_exact(format.block_bytes()).enumerate() {
+                        dequantize_block(*format, block, &mut wb);
+                        for (a, xr) in acc.iter_mut().zip(x.chunks_exact(self.in_features)) {
+                            *a += dot32(&wb, &xr[b * QK..(b + 1) * QK]);
+                        }
+                    }
+                    let bias = self.bias.as_ref().map_or(0.0, |b| b[o]);
+                    for (ti, a) in acc.iter().enumerate() {
+                        y[ti * self.out_features + o] = a + bias;
+                    }
+                }
+            }
         }
         y
     }
 
     /// Row `i` of W widened to f32 (the embedding gather), into `out` (length in_features).
+    /// Quantized weights dequantize that row's blocks only.
     pub fn row(&self, i: usize, out: &mut [f32]) {
         match &self.weight {
             WeightStorage::F32(w) => out.copy_from_slice(&w[i * self.in_features..(i + 1) * self.in_features]),
+            WeightStorage::Blocks { format, bytes } => {
+                let row_bytes = self.in_features / QK * format.block_bytes();
+                let row = &bytes[i * row_bytes..(i + 1) * row_bytes];
+                for (block, o) in row.chunks_exact(format.block_bytes()).zip(out.chunks_exact_mut(QK)) {
+                    let o: &mut [f32; QK] = o.try_into().expect("chunks of QK");
+                    dequantize_block(*format, block, o);
+                }
+            }
         }
     }
+
+    /// The whole weight widened to f32, row-major (out, in) — for tests and uploads.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.weight {
+            WeightStorage::F32(w) => w.clone(),
+            WeightStorage::Blocks { format, bytes } => {
+                let mut out = Vec::new();
+                quant::dequantize(*format, bytes, &mut out).expect("length checked by Linear::quantized");
+                out
+            }
+        }
+    }
+}
+
+/// One GGUF block → 32 f32 weights, with the arithmetic of [`quant::dequantize`] (llama.cpp
+/// `dequantize_row_*`: `d·q`, `d·(q − 8)`, `d·q + m`).
+#[inline]
+fn dequantize_block(format: BlockFormat, b: &[u8], out: &mut [f32; QK]) {
+    let f16_at = |i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+    match format {
+        BlockFormat::Q8_0 => {
+            let d = f16_at(0);
+            for (o, &q) in out.iter_mut().zip(&b[2..2 + QK]) {
+                *o = (q as i8) as f32 * d;
+            }
+        }
+        BlockFormat::Q4_0 => {
+            let d = f16_at(0);
+            let (lo, hi) = out.split_at_mut(QK / 2);
+            for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[2..2 + QK / 2]) {
+                *l = ((q & 0x0F) as i32 - 8) as f32 * d;
+                *h = ((q >> 4) as i32 - 8) as f32 * d;
+            }
+        }
+        BlockFormat::Q4_1 => {
+            let (d, m) = (f16_at(0), f16_at(2));
+            let (lo, hi) = out.split_at_mut(QK / 2);
+            for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[4..4 + QK / 2]) {
+                *l = (q & 0x0F) as f32 * d + m;
+                *h = (q >> 4) as f32 * d + m;
+            }
+        }
+    }
+}
+
+/// Σ w[j]·x[j] over one block, with four partial sums (lets the compiler keep lanes busy).
+#[inline]
+fn dot32(w: &[f32; QK], x: &[f32]) -> f32 {
+    let mut s = [0.0f32; 4];
+    for (wc, xc) in w.chunks_exact(4).zip(x.chunks_exact(4)) {
+        for k in 0..4 {
+            s[k] += wc[k] * xc[k];
+        }
+    }
+    (s[0] + s[1]) + (s[2] + s[3])
 }
 
 /// One decoder layer's weights.

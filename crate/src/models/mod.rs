@@ -3,8 +3,10 @@
 //!
 //! - `config.rs`: Hugging Face `config.json` → typed [`LlamaConfig`].
 //! - `llama.rs`: the Llama-family decoder (Llama, SmolLM2, Mistral, Qwen2) with a KV cache.
+//! - `gguf_llama.rs`: a llama-architecture GGUF file → config and (quantized) weights.
 
 pub mod config;
+pub mod gguf_llama;
 pub mod llama;
 
 pub use config::{ConfigError, Family, LlamaConfig};

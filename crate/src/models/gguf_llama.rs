@@ -1,0 +1,255 @@
+//! A Llama-family model from a GGUF file: the `llama.*` metadata become a [`LlamaConfig`], the
+//! `token_embd` / `blk.N.*` / `output*` tensors become [`LlamaWeights`] whose projections keep
+//! their GGUF blocks (Q8_0, Q4_0, Q4_1: quantization is a weight dtype, see
+//! [`WeightStorage::Blocks`]); norms are f32.
+//!
+//! References: the GGUF specification (ggml `docs/gguf.md`: standardized key names
+//! `[arch].context_length`, `[arch].embedding_length`, `[arch].block_count`,
+//! `[arch].feed_forward_length`, `[arch].attention.head_count(_kv)`,
+//! `[arch].attention.layer_norm_rms_epsilon`, `[arch].rope.freq_base`,
+//! `[arch].rope.dimension_count`, `[arch].rope.scaling.*`); llama.cpp `src/llama-arch.cpp`
+//! (`LLM_TENSOR_NAMES` for `LLM_ARCH_LLAMA`), `src/llama-model.cpp` (`load_tensors`: shapes, the
+//! tied head when `output.weight` is absent; `llama_model_rope_type`: `LLAMA_ROPE_TYPE_NORM`, i.e.
+//! adjacent pairs, for llama) and `convert_hf_to_gguf.py` (`LlamaModel.permute`, which reorders
+//! the rows of Q and K so that adjacent pairs rotate, hence [`RopeLayout::Adjacent`]).
+//!
+//! Name map (HF ← GGUF), GGUF `ne` is innermost first, so an (out, in) matrix has `ne = [in, out]`:
+//! ```text
+//! model.embed_tokens            token_embd          (vocab, H)
+//! layers.N.input_layernorm      blk.N.attn_norm     (H,)
+//! layers.N.self_attn.q_proj     blk.N.attn_q        (nh·hd, H)   rows permuted for adjacent RoPE
+//! layers.N.self_attn.k_proj     blk.N.attn_k        (nkv·hd, H)  rows permuted for adjacent RoPE
+//! layers.N.self_attn.v_proj     blk.N.attn_v        (nkv·hd, H)
+//! layers.N.self_attn.o_proj     blk.N.attn_output   (H, nh·hd)
+//! layers.N.post_attention_ln    blk.N.ffn_norm      (H,)
+//! layers.N.mlp.gate_proj        blk.N.ffn_gate      (I, H)
+//! layers.N.mlp.up_proj          blk.N.ffn_up        (I, H)
+//! layers.N.mlp.down_proj        blk.N.ffn_down      (H, I)
+//! model.norm                    output_norm         (H,)
+//! lm_head                       output              (vocab, H)   absent: tied to token_embd
+//! ```
+
+use crate::formats::gguf::{Gguf, GgufTensor, read_tensor_f32, read_tensor_raw};
+use crate::formats::io::ByteSource;
+use crate::models::config::{Family, LlamaConfig};
+use crate::models::llama::{LlamaLayer, LlamaModel, LlamaWeights, Linear, ModelError};
+use crate::posenc::rope::{RopeConfig, RopeLayout, RopeScaling};
+
+fn tensor_err(g: &Gguf, tensor: &str, message: impl Into<String>) -> ModelError {
+    ModelError::Tensor { model: g.file.clone(), tensor: tensor.to_string(), message: message.into() }
+}
+
+fn key_err(g: &Gguf, key: &str, message: impl Into<String>) -> ModelError {
+    ModelError::Key { model: g.file.clone(), key: key.to_string(), message: message.into() }
+}
+
+/// The row-major shape of `name` if present, checked against `expected`.
+fn check_shape(g: &Gguf, name: &str, expected: &[usize]) -> Result<(), ModelError> {
+    let t = g.tensor(name).ok_or_else(|| ModelError::MissingTensor { model: g.file.clone(), tensor: name.to_string() })?;
+    if t.shape != expected {
+        return Err(ModelError::Shape { model: g.file.clone(), tensor: name.to_string(), expected: expected.to_vec(), found: t.shape.clone() });
+    }
+    Ok(())
+}
+
+/// [`LlamaConfig`] from the `llama.*` metadata of `g` (and the tensors, for the vocabulary size,
+/// the tied head and biases).
+pub fn config_from_gguf(g: &Gguf) -> Result<LlamaConfig, ModelError> {
+    let arch = g.get_str("general.architecture")?;
+    if arch != "llama" {
+        return Err(key_err(g, "general.architecture", format!("{arch:?} is not supported (supported: llama)")));
+    }
+    let k = |s: &str| format!("{arch}.{s}");
+    let positive = |key: &str| -> Result<usize, ModelError> {
+        let v = g.get_usize(key)?;
+        if v == 0 { Err(key_err(g, key, "must be at least 1")) } else { Ok(v) }
+    };
+    let hidden_size = positive(&k("embedding_length"))?;
+    let intermediate_size = positive(&k("feed_forward_length"))?;
+    let num_hidden_layers = g.get_usize(&k("block_count"))?;
+    let num_attention_heads = positive(&k("attention.head_count"))?;
+    let num_key_value_heads = if g.get(&k("attention.head_count_kv")).is_some() { positive(&k("attention.head_count_kv"))? } else { num_attention_heads };
+    if !num_attention_heads.is_multiple_of(num_key_value_heads) {
+        return Err(key_err(g, &k("attention.head_count_kv"), format!("{num_key_value_heads} does not divide head_count {num_attention_heads}")));
+    }
+    let head_dim = if g.get(&k("attention.key_length")).is_some() {
+        positive(&k("attention.key_length"))?
+    } else {
+        if !hidden_size.is_multiple_of(num_attention_heads) {
+            return Err(key_err(g, &k("attention.head_count"), format!("embedding_length {hidden_size} is not a multiple of head_count {num_attention_heads}")));
+        }
+        hidden_size / num_attention_heads
+    };
+    if let Some(vl) = g.get(&k("attention.value_length")).and_then(|v| v.as_int())
+        && vl != head_dim as i128
+    {
+        return Err(key_err(g, &k("attention.value_length"), format!("{vl} differs from the key length {head_dim} (not supported)")));
+    }
+    let rms_norm_eps = g.get_f32(&k("attention.layer_norm_rms_epsilon"))?;
+    if !(rms_norm_eps >= 0.0) {
+        return Err(key_err(g, &k("attention.layer_norm_rms_epsilon"), format!("must not be negative, found {rms_norm_eps}")));
+    }
+    let max_position_embeddings = positive(&k("context_length"))?;
+
+    // Vocabulary: the rows of token_embd (ne[1]); the token list and llama.vocab_size must agree.
+    let embd = g.tensor("token_embd.weight").ok_or_else(|| ModelError::MissingTensor { model: g.file.clone(), tensor: "token_embd.weight".into() })?;
+    if embd.ne.len() != 2 {
+        return Err(tensor_err(g, "token_embd.weight", format!("expected 2 dimensions, found ne = {:?}", embd.ne)));
+    }
+    let vocab_size = embd.shape[0];
+    if let Ok(tokens) = g.get_str_array("tokenizer.ggml.tokens")
+        && tokens.len() != vocab_size
+    {
+        return Err(key_err(g, "tokenizer.ggml.tokens", format!("{} tokens but token_embd.weight has {vocab_size} rows", tokens.len())));
+    }
+    if g.get(&k("vocab_size")).is_some() && g.get_usize(&k("vocab_size"))? != vocab_size {
+        return Err(key_err(g, &k("vocab_size"), format!("{} but token_embd.weight has {vocab_size} rows", g.get_usize(&k("vocab_size"))?)));
+    }
+
+    let theta = if g.get(&k("rope.freq_base")).is_some() { g.get_f64(&k("rope.freq_base"))? } else { 10000.0 };
+    if !(theta > 1.0) {
+        return Err(key_err(g, &k("rope.freq_base"), format!("must be greater than 1, found {theta}")));
+    }
+    let dim = if g.get(&k("rope.dimension_count")).is_some() { g.get_usize(&k("rope.dimension_count"))? } else { head_dim };
+    if dim < 4 || !dim.is_multiple_of(2) || dim > head_dim {
+        return Err(key_err(g, &k("rope.dimension_count"), format!("{dim} must be even, at least 4 and at most the head size {head_dim}")));
+    }
+    if g.tensor("rope_freqs.weight").is_some() {
+        // llama 3.1 frequency factors baked into a tensor (convert_hf_to_gguf `generate_extra_tensors`).
+        return Err(tensor_err(g, "rope_freqs.weight", "per-frequency RoPE factors (llama3 rope scaling) are not supported yet"));
+    }
+    let scaling = rope_scaling(g, arch, max_position_embeddings)?;
+    let rope = RopeConfig { theta, dim, max_position_embeddings, scaling };
+
+    let has = |n: &str| g.tensor(n).is_some();
+    Ok(LlamaConfig {
+        family: Family::Llama,
+        vocab_size,
+        hidden_size,
+        intermediate_size,
+        num_hidden_layers,
+        num_attention_heads,
+        num_key_value_heads,
+        head_dim,
+        rms_norm_eps,
+        max_position_embeddings,
+        tie_word_embeddings: !has("output.weight"),
+        qkv_bias: has("blk.0.attn_q.bias"),
+        o_bias: has("blk.0.attn_output.bias"),
+        mlp_bias: has("blk.0.ffn_gate.bias"),
+        layer_windows: vec![None; num_hidden_layers],
+        rope,
+    })
+}
+
+/// `[arch].rope.scaling.type` (none, linear, yarn) with `.factor` and
+/// `.original_context_length`; the older `[arch].rope.scale_linear` means linear.
+fn rope_scaling(g: &Gguf, arch: &str, ctx: usize) -> Result<RopeScaling, ModelError> {
+    let k = |s: &str| format!("{arch}.{s}");
+    let factor = |key: &str| -> Result<f64, ModelError> {
+        let f = g.get_f64(key)?;
+        if !(f >= 1.0) {
+            return Err(key_err(g, key, format!("must be at least 1, found {f}")));
+        }
+        Ok(f)
+    };
+    let ty = if g.get(&k("rope.scaling.type")).is_some() { g.get_str(&k("rope.scaling.type"))?.to_string() } else { String::new() };
+    Ok(match ty.as_str() {
+        "" if g.get(&k("rope.scale_linear")).is_some() => RopeScaling::Linear { factor: factor(&k("rope.scale_linear"))? },
+        "" | "none" => RopeScaling::Default,
+        "linear" => RopeScaling::Linear { factor: factor(&k("rope.scaling.factor"))? },
+        "yarn" => {
+            let opt = |s: &str| -> Result<Option<f64>, ModelError> { if g.get(&k(s)).is_some() { Ok(Some(g.get_f64(&k(s))?)) } else { Ok(None) } };
+            let original = if g.get(&k("rope.scaling.original_context_length")).is_some() { g.get_usize(&k("rope.scaling.original_context_length"))? } else { ctx };
+            RopeScaling::Yarn {
+                factor: Some(factor(&k("rope.scaling.factor"))?),
+                original_max_position_embeddings: original.max(1),
+                attention_factor: None,
+                beta_fast: opt("rope.scaling.yarn_beta_fast")?.filter(|b| *b != 0.0).unwrap_or(32.0),
+                beta_slow: opt("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0),
+                mscale: None,
+                mscale_all_dim: None,
+                truncate: true,
+            }
+        }
+        other => return Err(key_err(g, &k("rope.scaling.type"), format!("{other:?} is not supported (supported: none, linear, yarn)"))),
+    })
+}
+
+/// Reads tensors of one GGUF file by name, checking shapes against the config.
+struct GgufLoader<'a> {
+    g: &'a Gguf,
+    src: &'a mut dyn ByteSource,
+    raw: Vec<u8>,
+}
+
+impl GgufLoader<'_> {
+    fn info(&self, name: &str, shape: &[usize]) -> Result<GgufTensor, ModelError> {
+        check_shape(self.g, name, shape)?;
+        Ok(self.g.tensor(name).expect("checked").clone())
+    }
+
+    /// A 1-D (or any) tensor widened to f32.
+    fn f32(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let info = self.info(name, shape)?;
+        let mut out = Vec::new();
+        read_tensor_f32(self.src, &info, &mut out)?;
+        Ok(out)
+    }
+
+    /// `{prefix}.weight` (out, in): block-quantized types keep their blocks, F32/F16/BF16 are
+    /// widened to f32, others are an error naming the tensor and type.
+    fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear, ModelError> {
+        let name = format!("{prefix}.weight");
+        let info = self.info(&name, &[out, inp])?;
+        let b = if bias { Some(self.f32(&format!("{prefix}.bias"), &[out])?) } else { None };
+        match info.ggml_type.block_format() {
+            Some(format) => {
+                read_tensor_raw(self.src, &info, &mut self.raw)?;
+                Linear::quantized(out, inp, format, std::mem::take(&mut self.raw), b).map_err(|m| tensor_err(self.g, &name, m))
+            }
+            None => {
+                let mut w = Vec::new();
+                read_tensor_f32(self.src, &info, &mut w)?;
+                Ok(Linear::f32(out, inp, w, b))
+            }
+        }
+    }
+}
+
+/// All weights named as llama.cpp's `LLM_ARCH_LLAMA`, shapes checked against `cfg`.
+pub fn weights_from_gguf(g: &Gguf, src: &mut dyn ByteSource, cfg: &LlamaConfig) -> Result<LlamaWeights, ModelError> {
+    let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (q_out, kv_out) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
+    let mut l = GgufLoader { g, src, raw: Vec::new() };
+    let embed_tokens = l.linear("token_embd", v, h, false)?;
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    for n in 0..cfg.num_hidden_layers {
+        let p = format!("blk.{n}");
+        layers.push(LlamaLayer {
+            input_layernorm: l.f32(&format!("{p}.attn_norm.weight"), &[h])?,
+            q_proj: l.linear(&format!("{p}.attn_q"), q_out, h, cfg.qkv_bias)?,
+            k_proj: l.linear(&format!("{p}.attn_k"), kv_out, h, cfg.qkv_bias)?,
+            v_proj: l.linear(&format!("{p}.attn_v"), kv_out, h, cfg.qkv_bias)?,
+            o_proj: l.linear(&format!("{p}.attn_output"), h, q_out, cfg.o_bias)?,
+            post_attention_layernorm: l.f32(&format!("{p}.ffn_norm.weight"), &[h])?,
+            gate_proj: l.linear(&format!("{p}.ffn_gate"), i, h, cfg.mlp_bias)?,
+            up_proj: l.linear(&format!("{p}.ffn_up"), i, h, cfg.mlp_bias)?,
+            down_proj: l.linear(&format!("{p}.ffn_down"), h, i, cfg.mlp_bias)?,
+        });
+    }
+    let norm = l.f32("output_norm.weight", &[h])?;
+    let lm_head = if cfg.tie_word_embeddings { None } else { Some(l.linear("output", v, h, false)?) };
+    Ok(LlamaWeights { embed_tokens, layers, norm, lm_head })
+}
+
+impl LlamaModel {
+    /// Load a llama-architecture GGUF file: config from its metadata, weights with their GGUF
+    /// block types, Q/K in GGUF's adjacent-pair RoPE layout.
+    pub fn from_gguf(src: &mut dyn ByteSource) -> Result<LlamaModel, ModelError> {
+        let g = Gguf::read(src)?;
+        let config = config_from_gguf(&g)?;
+        let weights = weights_from_gguf(&g, src, &config)?;
+        Ok(LlamaModel::new(config, weights, RopeLayout::Adjacent))
+    }
+}
