@@ -235,7 +235,7 @@ fn window_and_dynamic_fixtures_are_sensitive() {
 /// rotates adjacent pairs. Permuted weights + `RopeLayout::Adjacent` give the same logits.
 #[test]
 fn gguf_permuted_qk_with_adjacent_layout_matches() {
-    use crucible::models::{Linear, WeightStorage};
+    use crucible::models::Linear;
     use crucible::posenc::RopeLayout;
     fn permute(l: &Linear, n_heads: usize) -> Linear {
         let hd = l.out_features / n_heads;
@@ -243,7 +243,7 @@ fn gguf_permuted_qk_with_adjacent_layout_matches() {
             let (h, j) = (r / hd, r % hd);
             h * hd + if j % 2 == 0 { j / 2 } else { j / 2 + hd / 2 }
         };
-        let WeightStorage::F32(w) = &l.weight;
+        let w = l.to_f32(); // (out, in) row-major, any storage
         let mut out = Vec::with_capacity(w.len());
         for r in 0..l.out_features {
             let s = src_row(r);

@@ -86,7 +86,7 @@ pub fn config_from_gguf(g: &Gguf) -> Result<LlamaConfig, ModelError> {
         return Err(key_err(g, &k("attention.value_length"), format!("{vl} differs from the key length {head_dim} (not supported)")));
     }
     let rms_norm_eps = g.get_f32(&k("attention.layer_norm_rms_epsilon"))?;
-    if !(rms_norm_eps >= 0.0) {
+    if rms_norm_eps.is_nan() || rms_norm_eps < 0.0 {
         return Err(key_err(g, &k("attention.layer_norm_rms_epsilon"), format!("must not be negative, found {rms_norm_eps}")));
     }
     let max_position_embeddings = positive(&k("context_length"))?;
@@ -107,7 +107,7 @@ pub fn config_from_gguf(g: &Gguf) -> Result<LlamaConfig, ModelError> {
     }
 
     let theta = if g.get(&k("rope.freq_base")).is_some() { g.get_f64(&k("rope.freq_base"))? } else { 10000.0 };
-    if !(theta > 1.0) {
+    if theta.is_nan() || theta <= 1.0 {
         return Err(key_err(g, &k("rope.freq_base"), format!("must be greater than 1, found {theta}")));
     }
     let dim = if g.get(&k("rope.dimension_count")).is_some() { g.get_usize(&k("rope.dimension_count"))? } else { head_dim };
@@ -148,7 +148,7 @@ fn rope_scaling(g: &Gguf, arch: &str, ctx: usize) -> Result<RopeScaling, ModelEr
     let k = |s: &str| format!("{arch}.{s}");
     let factor = |key: &str| -> Result<f64, ModelError> {
         let f = g.get_f64(key)?;
-        if !(f >= 1.0) {
+        if f.is_nan() || f < 1.0 {
             return Err(key_err(g, key, format!("must be at least 1, found {f}")));
         }
         Ok(f)

@@ -124,20 +124,18 @@ impl Linear {
                 }
             }
             WeightStorage::Blocks { format, bytes } => {
-                let row_bytes = self.in_features / QK * format.block_bytes();
-                let mut acc = vec![0.0f32; t]; // (T,) the dot products of one row
-                let mut wb = [0.0f32; QK];
-                for (o, row) in bytes.chunks_exact(row_bytes).enumerate() {
-                    acc.iter_mut().for_each(|a| *a = 0.0);
-                    for (b, block) in row.chunks_exact(format.block_bytes()).enumerate() {
-                        dequantize_block(*format, block, &mut wb);
-                        for (a, xr) in acc.iter_mut().zip(x.chunks_exact(self.in_features)) {
-                            *a += dot32(&wb, &xr[b * QK..(b + 1) * QK]);
+                // One monomorphized loop per format (the debug build, opt-level 1, does not hoist a
+                // `match` out of the inner loop).
+                match format {
+                    BlockFormat::Q8_0 => blocks_forward(bytes, x, &mut y, self.in_features, self.out_features, BlockFormat::Q8_0.block_bytes(), dequantize_q8_0),
+                    BlockFormat::Q4_0 => blocks_forward(bytes, x, &mut y, self.in_features, self.out_features, BlockFormat::Q4_0.block_bytes(), dequantize_q4_0),
+                    BlockFormat::Q4_1 => blocks_forward(bytes, x, &mut y, self.in_features, self.out_features, BlockFormat::Q4_1.block_bytes(), dequantize_q4_1),
+                }
+                if let Some(b) = &self.bias {
+                    for yr in y.chunks_exact_mut(self.out_features) {
+                        for (yo, bo) in yr.iter_mut().zip(b) {
+                            *yo += bo;
                         }
-                    }
-                    let bias = self.bias.as_ref().map_or(0.0, |b| b[o]);
-                    for (ti, a) in acc.iter().enumerate() {
-                        y[ti * self.out_features + o] = a + bias;
                     }
                 }
             }
@@ -174,47 +172,154 @@ impl Linear {
     }
 }
 
-/// One GGUF block → 32 f32 weights, with the arithmetic of [`quant::dequantize`] (llama.cpp
-/// `dequantize_row_*`: `d·q`, `d·(q − 8)`, `d·q + m`).
-#[inline]
-fn dequantize_block(format: BlockFormat, b: &[u8], out: &mut [f32; QK]) {
-    let f16_at = |i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
-    match format {
-        BlockFormat::Q8_0 => {
-            let d = f16_at(0);
-            for (o, &q) in out.iter_mut().zip(&b[2..2 + QK]) {
-                *o = (q as i8) as f32 * d;
-            }
+/// IEEE binary16 → f32, exact (every f16 is an f32). Written out so that the debug build of the
+/// matvec does not go through a dependency compiled at opt-level 0.
+#[inline(always)]
+fn f16_bits_to_f32(h: u16) -> f32 {
+    let sign = ((h & 0x8000) as u32) << 16;
+    let exp = ((h >> 10) & 0x1F) as u32;
+    let man = (h & 0x3FF) as u32;
+    if exp == 0 {
+        // zero or subnormal: man · 2⁻²⁴ (exact in f32)
+        let v = man as f32 * (1.0 / 16_777_216.0);
+        return if sign != 0 { -v } else { v };
+    }
+    let bits = if exp == 31 { sign | 0x7F80_0000 | (man << 13) } else { sign | ((exp + 112) << 23) | (man << 13) };
+    f32::from_bits(bits)
+}
+
+/// y (T, out) = x (T, in) · Wᵀ over GGUF blocks of `block_bytes` bytes: each block of a row is
+/// dequantized once into a stack buffer and dotted with the matching 32 inputs of every token.
+#[inline(always)]
+fn blocks_forward(bytes: &[u8], x: &[f32], y: &mut [f32], inp: usize, out: usize, block_bytes: usize, deq: fn(&[u8], &mut [f32; QK])) {
+    let t = x.len() / inp;
+    let nb = inp / QK;
+    let mut wb = [0.0f32; QK];
+    for o in 0..out {
+        let row = &bytes[o * nb * block_bytes..(o + 1) * nb * block_bytes];
+        for ti in 0..t {
+            y[ti * out + o] = 0.0;
         }
-        BlockFormat::Q4_0 => {
-            let d = f16_at(0);
-            let (lo, hi) = out.split_at_mut(QK / 2);
-            for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[2..2 + QK / 2]) {
-                *l = ((q & 0x0F) as i32 - 8) as f32 * d;
-                *h = ((q >> 4) as i32 - 8) as f32 * d;
-            }
-        }
-        BlockFormat::Q4_1 => {
-            let (d, m) = (f16_at(0), f16_at(2));
-            let (lo, hi) = out.split_at_mut(QK / 2);
-            for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[4..4 + QK / 2]) {
-                *l = (q & 0x0F) as f32 * d + m;
-                *h = (q >> 4) as f32 * d + m;
+        for b in 0..nb {
+            deq(&row[b * block_bytes..(b + 1) * block_bytes], &mut wb);
+            for ti in 0..t {
+                let xb: &[f32; QK] = x[ti * inp + b * QK..ti * inp + (b + 1) * QK].try_into().expect("QK inputs");
+                y[ti * out + o] += dot32(&wb, xb);
             }
         }
     }
 }
 
-/// Σ w[j]·x[j] over one block, with four partial sums (lets the compiler keep lanes busy).
-#[inline]
-fn dot32(w: &[f32; QK], x: &[f32]) -> f32 {
-    let mut s = [0.0f32; 4];
-    for (wc, xc) in w.chunks_exact(4).zip(x.chunks_exact(4)) {
-        for k in 0..4 {
-            s[k] += wc[k] * xc[k];
+#[inline(always)]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16_bits_to_f32(u16::from_le_bytes([b[i], b[i + 1]]))
+}
+
+/// Q8_0 block (34 bytes) → 32 weights `d·q` (llama.cpp `dequantize_row_q8_0`).
+#[inline(always)]
+fn dequantize_q8_0(b: &[u8], out: &mut [f32; QK]) {
+    let d = f16_at(b, 0);
+    let qs: &[u8; QK] = b[2..2 + QK].try_into().expect("34-byte block");
+    let mut j = 0;
+    while j < QK {
+        out[j] = (qs[j] as i8) as f32 * d;
+        j += 1;
+    }
+}
+
+/// Q4_0 block (18 bytes) → 32 weights `d·(q − 8)` (llama.cpp `dequantize_row_q4_0`).
+#[inline(always)]
+fn dequantize_q4_0(b: &[u8], out: &mut [f32; QK]) {
+    let d = f16_at(b, 0);
+    let qs: &[u8; QK / 2] = b[2..2 + QK / 2].try_into().expect("18-byte block");
+    let mut j = 0;
+    while j < QK / 2 {
+        out[j] = ((qs[j] & 0x0F) as i32 - 8) as f32 * d;
+        out[j + QK / 2] = ((qs[j] >> 4) as i32 - 8) as f32 * d;
+        j += 1;
+    }
+}
+
+/// Q4_1 block (20 bytes) → 32 weights `d·q + m` (llama.cpp `dequantize_row_q4_1`, two roundings).
+#[inline(always)]
+fn dequantize_q4_1(b: &[u8], out: &mut [f32; QK]) {
+    let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+    let qs: &[u8; QK / 2] = b[4..4 + QK / 2].try_into().expect("20-byte block");
+    let mut j = 0;
+    while j < QK / 2 {
+        out[j] = (qs[j] & 0x0F) as f32 * d + m;
+        out[j + QK / 2] = (qs[j] >> 4) as f32 * d + m;
+        j += 1;
+    }
+}
+
+/// One GGUF block → 32 f32 weights, with the arithmetic of [`quant::dequantize`].
+#[inline(always)]
+fn dequantize_block(format: BlockFormat, b: &[u8], out: &mut [f32; QK]) {
+    match format {
+        BlockFormat::Q8_0 => dequantize_q8_0(b, out),
+        BlockFormat::Q4_0 => dequantize_q4_0(b, out),
+        BlockFormat::Q4_1 => dequantize_q4_1(b, out),
+    }
+}
+
+/// Σ w[j]·x[j] over one block, with four partial sums (independent chains the debug build keeps
+/// in registers).
+#[inline(always)]
+fn dot32(w: &[f32; QK], x: &[f32; QK]) -> f32 {
+    let (mut s0, mut s1, mut s2, mut s3) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+    let mut j = 0;
+    while j < QK {
+        s0 += w[j] * x[j];
+        s1 += w[j + 1] * x[j + 1];
+        s2 += w[j + 2] * x[j + 2];
+        s3 += w[j + 3] * x[j + 3];
+        j += 4;
+    }
+    (s0 + s1) + (s2 + s3)
+}
+
+#[cfg(test)]
+mod quant_tests {
+    use super::*;
+
+    #[test]
+    fn f16_bits_to_f32_is_exact_for_every_f16() {
+        for h in 0..=u16::MAX {
+            let want = half::f16::from_bits(h).to_f32();
+            let got = f16_bits_to_f32(h);
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{h:#06x}: {got} vs {want}");
         }
     }
-    (s[0] + s[1]) + (s[2] + s[3])
+
+    /// A quantized layer equals the f32 layer over its dequantized weights (same products; only
+    /// the summation order differs), and its rows are the dequantized rows bit for bit.
+    #[test]
+    fn quantized_linear_matches_dequantized_f32() {
+        let (out, inp, t) = (7, 96, 3);
+        let w: Vec<f32> = (0..out * inp).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+        let x: Vec<f32> = (0..t * inp).map(|i| ((i * 53 % 89) as f32 - 44.0) / 23.0).collect();
+        let bias: Vec<f32> = (0..out).map(|o| o as f32 * 0.25 - 1.0).collect();
+        for format in BlockFormat::ALL {
+            let mut bytes = Vec::new();
+            quant::quantize(format, &w, &mut bytes).unwrap();
+            let q = Linear::quantized(out, inp, format, bytes, Some(bias.clone())).unwrap();
+            let deq = q.to_f32();
+            let f = Linear::f32(out, inp, deq.clone(), Some(bias.clone()));
+            let (yq, yf) = (q.forward(&x), f.forward(&x));
+            assert_eq!(yq.len(), t * out);
+            for (a, b) in yq.iter().zip(&yf) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{format}: {a} vs {b}");
+            }
+            let mut row = vec![0.0f32; inp];
+            for o in 0..out {
+                q.row(o, &mut row);
+                assert_eq!(row, deq[o * inp..(o + 1) * inp], "{format} row {o}");
+            }
+        }
+        assert!(Linear::quantized(2, 48, BlockFormat::Q8_0, vec![0; 2 * 34], None).unwrap_err().contains("not a multiple"));
+        assert!(Linear::quantized(2, 64, BlockFormat::Q4_1, vec![0; 3 * 20], None).unwrap_err().contains("expected 80"));
+    }
 }
 
 /// One decoder layer's weights.
