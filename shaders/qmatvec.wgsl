@@ -30,19 +30,23 @@
 //         and 4w+16 .. 4w+19 (high nibbles)      → x4[8b + 4 + w]
 // where x4 is x read as vec4 (K is a multiple of 32, so 8 vec4 per block).
 //
-// Workgroup layout: 64 threads per output row, one workgroup per row on a 2-D grid
-// (row = wid.y · gx + wid.x) so rows may exceed 65535. Rows past `rows` skip loads and stores
-// but still meet every barrier (barriers stay in uniform control flow).
+// Workgroup layout: 64 threads = 4 output rows × 16 threads; row = (wid.y · gx + wid.x) · 4 +
+// lid / 16 on a 2-D grid of ⌈rows / 4⌉ workgroups, so rows may exceed 65535 · 4. Threads of rows
+// past `rows` skip loads and stores but still meet every barrier (uniform control flow).
 //
-// The trick: the unit of work is one u32 word of quants, not one block. Thread l takes words
-// l, l + 64, l + 128, … of its row (a row of K = 576 has 72 Q4 words or 144 Q8 words, so most
-// threads have work, where one-block-per-thread would idle 46 of 64 threads), unpacks the 4 or 8
-// weights of the word into vec4s, dequantizes them with the block's d (and m) and accumulates
-// dot(w, x) in f32. Consecutive threads read consecutive words: coalesced. The 64 partial sums
-// are then folded in workgroup memory by halving (32, 16, …, 1: 6 barriers). No subgroups: the
-// kernel runs wherever WebGPU does (SwiftShader caps workgroups at 256 invocations).
+// The trick: the unit of work is one u32 word of quants, not one block. Thread t of a row takes
+// words t, t + 16, t + 32, … of it (a row of K = 576 has 72 Q4 words or 144 Q8 words, so every
+// thread has work, where one block per thread would leave most idle on short rows), unpacks the
+// 4 or 8 weights of the word into vec4s, dequantizes them with the block's d (and m) and
+// accumulates dot(w, x) in f32. The 16 threads of a row read 16 consecutive words (64 bytes).
+// Their partial sums are folded in workgroup memory by halving (8, 4, 2, 1: 4 barriers, shared by
+// the 4 rows; CPU implementations such as lavapipe and SwiftShader pay per barrier, so several
+// rows per workgroup matter there). No subgroups: the kernel runs wherever WebGPU does
+// (SwiftShader caps workgroups at 256 invocations).
 
-const WG: u32 = 64u;
+const WG: u32 = 64u;     // threads per workgroup
+const TPR: u32 = 16u;    // threads per output row
+const ROWS: u32 = 4u;    // rows per workgroup, WG / TPR
 
 struct Meta {
     rows: u32,    // output rows in this dispatch (a chunk of N)
@@ -83,40 +87,53 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row = wid.y * groups.x + wid.x;
-    let nb = params.k / 32u;                          // blocks per row
-    let wpb = select(4u, 8u, params.format == 0u);    // words per block
-    let words = nb * wpb;                             // words per row
+    let t = lid % TPR;                                // thread within the row
+    let row = (wid.y * groups.x + wid.x) * ROWS + lid / TPR;
+    let nb = params.k / 32u;   // blocks per row
 
+    // Word i of the row: block i / W, word i % W of that block, at qs[row·nb·W + i]. The format
+    // branch is uniform and outside the loops, so each loop has a constant W (a shift, a mask).
     var acc = 0.0;
     if (row < params.rows) {
         let b0 = row * nb;
-        for (var i = lid; i < words; i = i + WG) {
-            let b = i / wpb;           // block within the row
-            let w = i % wpb;           // word within the block
-            let d = scales[b0 + b];
-            let word = qs[(b0 + b) * wpb + w];
-            if (params.format == 0u) {
-                acc = acc + dot(d * i8x4(word), x[8u * b + w]);
-            } else if (params.format == 1u) {
-                acc = acc + dot(d * (u4x4(word, 0u) - vec4<f32>(8.0)), x[8u * b + w]);
-                acc = acc + dot(d * (u4x4(word, 4u) - vec4<f32>(8.0)), x[8u * b + 4u + w]);
-            } else {
+        if (params.format == 0u) {
+            let q0 = b0 * 8u;
+            for (var i = t; i < nb * 8u; i = i + TPR) {
+                let d = scales[b0 + (i >> 3u)];
+                acc = acc + dot(d * i8x4(qs[q0 + i]), x[i]);
+            }
+        } else if (params.format == 1u) {
+            let q0 = b0 * 4u;
+            for (var i = t; i < nb * 4u; i = i + TPR) {
+                let b = i >> 2u;
+                let d = scales[b0 + b];
+                let word = qs[q0 + i];
+                let xi = 8u * b + (i & 3u);
+                acc = acc + dot(d * (u4x4(word, 0u) - vec4<f32>(8.0)), x[xi]);
+                acc = acc + dot(d * (u4x4(word, 4u) - vec4<f32>(8.0)), x[xi + 4u]);
+            }
+        } else {
+            let q0 = b0 * 4u;
+            for (var i = t; i < nb * 4u; i = i + TPR) {
+                let b = i >> 2u;
+                let d = scales[b0 + b];
                 let m = vec4<f32>(mins[b0 + b]);
-                acc = acc + dot(d * u4x4(word, 0u) + m, x[8u * b + w]);
-                acc = acc + dot(d * u4x4(word, 4u) + m, x[8u * b + 4u + w]);
+                let word = qs[q0 + i];
+                let xi = 8u * b + (i & 3u);
+                acc = acc + dot(d * u4x4(word, 0u) + m, x[xi]);
+                acc = acc + dot(d * u4x4(word, 4u) + m, x[xi + 4u]);
             }
         }
     }
     partial[lid] = acc;
     workgroupBarrier();
-    for (var h = WG / 2u; h > 0u; h = h / 2u) {
-        if (lid < h) {
+    for (var h = TPR / 2u; h > 0u; h = h / 2u) {
+        if (t < h) {
             partial[lid] = partial[lid] + partial[lid + h];
         }
         workgroupBarrier();
     }
-    if (row < params.rows && lid == 0u) {
-        y[row] = partial[0];
+    if (row < params.rows && t == 0u) {
+        y[row] = partial[lid];
     }
 }

@@ -6,8 +6,8 @@
 //! `ggml-quants.c` (`dequantize_row_*`); uploaded in the aligned split layout of
 //! [`SplitBlocks`] (scales and mins as f32, quants as u32 words). The kernel follows the shape of
 //! llama.cpp's `mul_mat_vec` shaders (Vulkan `mul_mat_vec.comp`, WebGPU `mul_mat_vec.wgsl`):
-//! one 64-thread workgroup per output row, threads striding over the row's quant words, a
-//! shared-memory tree reduction; no subgroups.
+//! 64-thread workgroups of 4 output rows × 16 threads, each thread striding over its row's quant
+//! words, a shared-memory tree reduction per row; no subgroups.
 //!
 //! Numbers: the CPU [`reference`] dequantizes each row exactly as [`SplitBlocks::dequantize`]
 //! (bit-identical to llama.cpp / gguf-py) and sums w·x in f32 in column order. The GPU sums in
@@ -25,8 +25,10 @@ use super::{GpuResultExt, OpError, encode_pass};
 
 pub const KERNEL: &str = "qmatvec";
 pub const WGSL: &str = include_str!("../../../shaders/qmatvec.wgsl");
-/// Threads per workgroup (`WG` in the shader); one workgroup per output row.
+/// Threads per workgroup (`WG` in the shader).
 pub const WORKGROUP_SIZE: u32 = 64;
+/// Output rows per workgroup (`ROWS` in the shader): 16 threads per row.
+pub const ROWS_PER_GROUP: u32 = 4;
 
 /// Mirrors `struct Meta` in shaders/qmatvec.wgsl (16 bytes).
 #[repr(C)]
@@ -208,7 +210,9 @@ pub fn encode(
         &pipeline,
         &[meta_buf.as_entire_buffer_binding(), scales, mins, qs, x, y],
     );
-    let grid = ctx.grid(KERNEL, meta.rows as u64).op(KERNEL)?;
+    let grid = ctx
+        .grid(KERNEL, (meta.rows as u64).div_ceil(ROWS_PER_GROUP as u64))
+        .op(KERNEL)?;
     encode_pass(enc, KERNEL, &pipeline, &bind, grid);
     Ok(())
 }
