@@ -5,7 +5,8 @@
 #   scripts/setup.sh          wasm target, the pinned wasm-bindgen-cli, npm packages
 #   scripts/setup.sh --test   the above plus the Debian packages the tests need
 #                             (Chromium + ChromeDriver for the browser tests, Mesa's lavapipe
-#                             Vulkan driver for the native GPU tests)
+#                             Vulkan driver for the native GPU tests) and the real model weights
+#                             of the fidelity tests (scripts/fetch_models.sh → .cache/models/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,7 @@ if [[ $want_test == 1 ]]; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers chromium chromium-driver
   fi
+  [[ -s .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf ]] || { say "fetching the SmolLM2 GGUF for the fidelity tests"; scripts/fetch_models.sh; }
 fi
 
 command -v node >/dev/null || { echo "Node.js not found: install Node.js 20.19+ or 22.12+ (with npm) first" >&2; exit 1; }
