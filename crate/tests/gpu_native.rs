@@ -266,7 +266,9 @@ fn qmatvec_throughput_report() {
         let weight_bytes = (nb * (4 + 4 + 16)) as f64;
         let x_buf = ctx.upload_f32("bench.qx", &x).unwrap();
         let s_buf = ctx.upload_f32("bench.qscales", &w.scales).unwrap();
-        let m_buf = ctx.upload_f32("bench.qmins", w.mins.as_ref().unwrap()).unwrap();
+        let m_buf = ctx
+            .upload_f32("bench.qmins", w.mins.as_ref().unwrap())
+            .unwrap();
         let q_buf = ctx
             .upload_f32("bench.qqs", bytemuck::cast_slice(&w.qs))
             .unwrap();

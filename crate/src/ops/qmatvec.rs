@@ -104,7 +104,11 @@ fn check(w: &SplitBlocks, n: usize, k: usize, x: &[f32]) -> Result<usize, OpErro
     match (&w.mins, w.format.has_min()) {
         (Some(m), true) if m.len() != blocks => Err(OpError::shape(
             KERNEL,
-            format!("{} weight has {} mins, expected {blocks}", w.format, m.len()),
+            format!(
+                "{} weight has {} mins, expected {blocks}",
+                w.format,
+                m.len()
+            ),
         )),
         (None, true) => Err(OpError::shape(
             KERNEL,
@@ -167,7 +171,13 @@ pub fn reference(w: &SplitBlocks, n: usize, k: usize, x: &[f32]) -> Result<Vec<f
 }
 
 /// Rows per chunk so that the chunk's quants, scales (and mins) and y each fit one binding.
-pub fn chunk_rows(ctx: &GpuContext, format: BlockFormat, n: usize, k: usize, max: Option<usize>) -> usize {
+pub fn chunk_rows(
+    ctx: &GpuContext,
+    format: BlockFormat,
+    n: usize,
+    k: usize,
+    max: Option<usize>,
+) -> usize {
     let row_bytes = (k / QK * format.quant_words() * 4).max(4) as u64; // qs is the widest array
     let mut r = (ctx.max_binding_bytes() / row_bytes) as usize;
     r = r.min(n).min(u32::MAX as usize);
@@ -191,7 +201,7 @@ pub fn encode(
     x: wgpu::BufferBinding<'_>,
     y: wgpu::BufferBinding<'_>,
 ) -> Result<(), OpError> {
-    if meta.k == 0 || meta.k % QK as u32 != 0 {
+    if meta.k == 0 || !meta.k.is_multiple_of(QK as u32) {
         return Err(OpError::shape(
             KERNEL,
             format!("K = {} must be a positive multiple of {QK}", meta.k),
@@ -200,7 +210,10 @@ pub fn encode(
     if meta.format > 2 {
         return Err(OpError::shape(
             KERNEL,
-            format!("format code {} is not 0 (Q8_0), 1 (Q4_0) or 2 (Q4_1)", meta.format),
+            format!(
+                "format code {} is not 0 (Q8_0), 1 (Q4_0) or 2 (Q4_1)",
+                meta.format
+            ),
         ));
     }
     let pipeline = ctx.pipeline(KERNEL, WGSL).op(KERNEL)?;
@@ -234,14 +247,25 @@ pub async fn qmatvec(
     let r = chunk_rows(ctx, w.format, n, k, p.max_chunk_rows);
     let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
     let x_buf = ctx.upload_f32("qmatvec.x", x).op(KERNEL)?;
-    let s_buf = ctx.buffer("qmatvec.scales", (r * nb * 4) as u64, storage).op(KERNEL)?;
+    let s_buf = ctx
+        .buffer("qmatvec.scales", (r * nb * 4) as u64, storage)
+        .op(KERNEL)?;
     let m_buf = match w.mins {
-        Some(_) => Some(ctx.buffer("qmatvec.mins", (r * nb * 4) as u64, storage).op(KERNEL)?),
+        Some(_) => Some(
+            ctx.buffer("qmatvec.mins", (r * nb * 4) as u64, storage)
+                .op(KERNEL)?,
+        ),
         None => None,
     };
-    let q_buf = ctx.buffer("qmatvec.qs", (r * nb * qw * 4) as u64, storage).op(KERNEL)?;
+    let q_buf = ctx
+        .buffer("qmatvec.qs", (r * nb * qw * 4) as u64, storage)
+        .op(KERNEL)?;
     let y_buf = ctx
-        .buffer("qmatvec.y", (r * 4) as u64, storage | wgpu::BufferUsages::COPY_SRC)
+        .buffer(
+            "qmatvec.y",
+            (r * 4) as u64,
+            storage | wgpu::BufferUsages::COPY_SRC,
+        )
         .op(KERNEL)?;
 
     let mut y = Vec::with_capacity(n);
@@ -249,11 +273,14 @@ pub async fn qmatvec(
     while start < n {
         let rows = r.min(n - start);
         let (b0, b1) = (start * nb, (start + rows) * nb);
-        ctx.queue.write_buffer(&s_buf, 0, bytemuck::cast_slice(&w.scales[b0..b1]));
+        ctx.queue
+            .write_buffer(&s_buf, 0, bytemuck::cast_slice(&w.scales[b0..b1]));
         if let (Some(mb), Some(m)) = (&m_buf, &w.mins) {
-            ctx.queue.write_buffer(mb, 0, bytemuck::cast_slice(&m[b0..b1]));
+            ctx.queue
+                .write_buffer(mb, 0, bytemuck::cast_slice(&m[b0..b1]));
         }
-        ctx.queue.write_buffer(&q_buf, 0, bytemuck::cast_slice(&w.qs[b0 * qw..b1 * qw]));
+        ctx.queue
+            .write_buffer(&q_buf, 0, bytemuck::cast_slice(&w.qs[b0 * qw..b1 * qw]));
         let meta = Meta {
             rows: rows as u32,
             k: k as u32,
@@ -317,7 +344,10 @@ mod tests {
         let e = reference(&w, 1, 64, &[0.0; 32]).unwrap_err().to_string();
         assert!(e.contains("x has 32 elements, expected K = 64"), "{e}");
         let e = reference(&w, 3, 32, &[0.0; 32]).unwrap_err().to_string();
-        assert!(e.contains("Q8_0 weight has 2 blocks, expected (N=3) × (K=32)/32 = 3"), "{e}");
+        assert!(
+            e.contains("Q8_0 weight has 2 blocks, expected (N=3) × (K=32)/32 = 3"),
+            "{e}"
+        );
         let mut bad = w.clone();
         bad.qs.pop();
         let e = reference(&bad, 2, 32, &[0.0; 32]).unwrap_err().to_string();

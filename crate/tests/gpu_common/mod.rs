@@ -283,12 +283,20 @@ pub async fn check_qmatvec(
     use crucible::ops::qmatvec;
     let (w, deq) = quantized_weight(format, n, k, 31 + (n * 3 + k) as u64);
     let x = data(77 + k as u64, k, 2.0);
-    let p = qmatvec::QMatvecParams { n, k, max_chunk_rows };
+    let p = qmatvec::QMatvecParams {
+        n,
+        k,
+        max_chunk_rows,
+    };
     let gpu = qmatvec::qmatvec(ctx, &w, &x, &p)
         .await
         .unwrap_or_else(|e| panic!("qmatvec {format} (N={n}, K={k}) failed on the GPU: {e}"));
     let cpu = qmatvec::reference(&w, n, k, &x).unwrap();
-    assert_eq!(gpu.len(), n, "qmatvec {format} (N={n}, K={k}): output length");
+    assert_eq!(
+        gpu.len(),
+        n,
+        "qmatvec {format} (N={n}, K={k}): output length"
+    );
     for r in 0..n {
         let s: f64 = (0..k)
             .map(|j| (deq[r * k + j] as f64 * x[j] as f64).abs())
@@ -319,7 +327,14 @@ pub async fn qmatvec_cases(ctx: &GpuContext) {
         check_qmatvec(ctx, f, 576, 1536, None).await;
     }
     // Split path: 257 rows in chunks of 100 (3 chunks, the last one short).
-    check_qmatvec(ctx, crucible::tensor::quant::BlockFormat::Q4_1, 257, 64, Some(100)).await;
+    check_qmatvec(
+        ctx,
+        crucible::tensor::quant::BlockFormat::Q4_1,
+        257,
+        64,
+        Some(100),
+    )
+    .await;
 }
 
 /// qmatvec against the f32 path: dequantize W on the CPU, then the existing GPU matmul with
@@ -330,14 +345,25 @@ pub async fn qmatvec_vs_dequantized_matmul(ctx: &GpuContext) {
     for f in crucible::tensor::quant::BlockFormat::ALL {
         let (w, deq) = quantized_weight(f, n, k, 4242);
         let x = data(4343, k, 1.0);
-        let q = qmatvec::qmatvec(ctx, &w, &x, &qmatvec::QMatvecParams { n, k, max_chunk_rows: None })
-            .await
-            .unwrap();
+        let q = qmatvec::qmatvec(
+            ctx,
+            &w,
+            &x,
+            &qmatvec::QMatvecParams {
+                n,
+                k,
+                max_chunk_rows: None,
+            },
+        )
+        .await
+        .unwrap();
         let mm = matmul::matmul(ctx, &x, &deq, &matmul::MatmulParams { m: 1, n, k })
             .await
             .unwrap();
         for r in 0..n {
-            let s: f64 = (0..k).map(|j| (deq[r * k + j] as f64 * x[j] as f64).abs()).sum();
+            let s: f64 = (0..k)
+                .map(|j| (deq[r * k + j] as f64 * x[j] as f64).abs())
+                .sum();
             // Same bound as check_qmatvec: two f32 sums of the same K products, any order.
             let tol = (2.0 * k as f64 + 4.0) * EPS * s + 1e-30;
             let diff = (q[r] as f64 - mm[r] as f64).abs();
