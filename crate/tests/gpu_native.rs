@@ -319,3 +319,28 @@ fn qmatvec_throughput_report() {
         );
     }
 }
+
+/// 16 KiB bindings: a Q8_0 row of K = 576 has 144 quant words (576 bytes), so 28 rows per chunk
+/// and 1536 rows take 55 chunks; an x of 8192 floats (32 KiB) cannot be bound at all.
+#[test]
+fn qmatvec_splits_rows_by_the_device_binding_limit() {
+    use crucible::ops::qmatvec;
+    use crucible::tensor::quant::BlockFormat;
+    let ctx = ctx_with_binding_limit(16 << 10);
+    assert_eq!(
+        qmatvec::chunk_rows(&ctx, BlockFormat::Q8_0, 1536, 576, None),
+        28
+    );
+    pollster::block_on(check_qmatvec(&ctx, BlockFormat::Q8_0, 1536, 576, None));
+    pollster::block_on(check_qmatvec(&ctx, BlockFormat::Q4_1, 301, 576, None));
+    let (w, _) = quantized_weight(BlockFormat::Q4_0, 2, 8192, 5);
+    let p = qmatvec::QMatvecParams {
+        n: 2,
+        k: 8192,
+        max_chunk_rows: None,
+    };
+    let e = pollster::block_on(qmatvec::qmatvec(&ctx, &w, &vec![1.0; 8192], &p))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("qmatvec.x") && e.contains("16384"), "{e}");
+}

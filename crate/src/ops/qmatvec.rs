@@ -335,6 +335,40 @@ mod tests {
     }
 
     #[test]
+    fn reference_equals_dequantize_then_dot() {
+        // Every format, 3 rows × 64 columns: the reference's in-place dequantization is
+        // SplitBlocks::dequantize (bit for bit), and its sum runs in column order.
+        let w: Vec<f32> = (0..3 * 64)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+            .collect();
+        for f in BlockFormat::ALL {
+            let mut bytes = Vec::new();
+            quantize(f, &w, &mut bytes).unwrap();
+            let s = SplitBlocks::from_blocks(f, &bytes).unwrap();
+            let mut deq = Vec::new();
+            s.dequantize(&mut deq).unwrap();
+            let want: Vec<u32> = deq
+                .chunks(64)
+                .map(|row| {
+                    row.iter()
+                        .zip(&x)
+                        .fold(0.0f32, |a, (p, q)| a + p * q)
+                        .to_bits()
+                })
+                .collect();
+            let got: Vec<u32> = reference(&s, 3, 64, &x)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            assert_eq!(got, want, "{f}");
+        }
+    }
+
+    #[test]
     fn shape_errors_name_the_problem() {
         let mut bytes = Vec::new();
         quantize(BlockFormat::Q8_0, &[0.5; 64], &mut bytes).unwrap();
