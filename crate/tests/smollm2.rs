@@ -23,9 +23,8 @@ const EXPECTED: [u32; 8] = [7042, 30, 198, 198, 504, 2988, 314, 42];
 
 fn load() -> LlamaModel {
     let path = Path::new(MODEL);
-    let mut src = FileSource::open(path).unwrap_or_else(|e| {
-        panic!("{e}\nthe SmolLM2 GGUF is missing: run scripts/fetch_models.sh (npm test runs it in its set-up via scripts/setup.sh --test)")
-    });
+    let mut src = FileSource::open(path)
+        .unwrap_or_else(|e| panic!("{e}\nthe SmolLM2 GGUF is missing: run scripts/fetch_models.sh (npm test runs it in its set-up via scripts/setup.sh --test)"));
     LlamaModel::from_gguf(&mut src).unwrap_or_else(|e| panic!("{e}"))
 }
 

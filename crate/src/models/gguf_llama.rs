@@ -32,7 +32,7 @@
 use crate::formats::gguf::{Gguf, GgufTensor, read_tensor_f32, read_tensor_raw};
 use crate::formats::io::ByteSource;
 use crate::models::config::{Family, LlamaConfig};
-use crate::models::llama::{LlamaLayer, LlamaModel, LlamaWeights, Linear, ModelError};
+use crate::models::llama::{Linear, LlamaLayer, LlamaModel, LlamaWeights, ModelError};
 use crate::posenc::rope::{RopeConfig, RopeLayout, RopeScaling};
 
 fn tensor_err(g: &Gguf, tensor: &str, message: impl Into<String>) -> ModelError {
@@ -172,7 +172,9 @@ fn rope_scaling(g: &Gguf, arch: &str, ctx: usize) -> Result<RopeScaling, ModelEr
                 truncate: true,
             }
         }
-        other => return Err(key_err(g, &k("rope.scaling.type"), format!("{other:?} is not supported (supported: none, linear, yarn)"))),
+        other => {
+            return Err(key_err(g, &k("rope.scaling.type"), format!("{other:?} is not supported (supported: none, linear, yarn)")));
+        }
     })
 }
 
@@ -251,5 +253,267 @@ impl LlamaModel {
         let config = config_from_gguf(&g)?;
         let weights = weights_from_gguf(&g, src, &config)?;
         Ok(LlamaModel::new(config, weights, RopeLayout::Adjacent))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::io::MemSource;
+    use crate::models::KvCache;
+    use crate::tensor::quant::{BlockFormat, quantize};
+
+    /// A GGUF metadata value of the few types these tests write.
+    enum V {
+        U32(u32),
+        F32(f32),
+        Str(&'static str),
+        Strs(Vec<String>),
+    }
+
+    /// A tensor to write: name, row-major shape, ggml type number, data bytes.
+    struct T {
+        name: String,
+        shape: Vec<usize>,
+        ty: u32,
+        data: Vec<u8>,
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// GGUF v3 bytes (ggml `docs/gguf.md`), alignment 32.
+    fn write_gguf(kv: &[(&str, V)], tensors: &[T]) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(kv.len() as u64).to_le_bytes());
+        for (k, v) in kv {
+            put_str(&mut out, k);
+            match v {
+                V::U32(x) => {
+                    out.extend_from_slice(&4u32.to_le_bytes());
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+                V::F32(x) => {
+                    out.extend_from_slice(&6u32.to_le_bytes());
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+                V::Str(s) => {
+                    out.extend_from_slice(&8u32.to_le_bytes());
+                    put_str(&mut out, s);
+                }
+                V::Strs(a) => {
+                    out.extend_from_slice(&9u32.to_le_bytes());
+                    out.extend_from_slice(&8u32.to_le_bytes());
+                    out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+                    for s in a {
+                        put_str(&mut out, s);
+                    }
+                }
+            }
+        }
+        let mut offset = 0u64;
+        let mut offsets = Vec::new();
+        for t in tensors {
+            put_str(&mut out, &t.name);
+            out.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
+            for &d in t.shape.iter().rev() {
+                out.extend_from_slice(&(d as u64).to_le_bytes()); // ne: innermost first
+            }
+            out.extend_from_slice(&t.ty.to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
+            offsets.push(offset);
+            offset = (offset + t.data.len() as u64).div_ceil(32) * 32;
+        }
+        out.resize(out.len().div_ceil(32) * 32, 0);
+        let start = out.len();
+        for (t, o) in tensors.iter().zip(offsets) {
+            out.resize(start + o as usize, 0);
+            out.extend_from_slice(&t.data);
+        }
+        out
+    }
+
+    const H: usize = 64;
+    const I: usize = 96;
+    const V_: usize = 10;
+    const NH: usize = 4;
+    const NKV: usize = 2;
+    const HD: usize = H / NH;
+    const LAYERS: usize = 2;
+
+    /// Deterministic values in about [−0.5, 0.5].
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| (((i * 7919 + seed * 104729) % 1009) as f32 / 1009.0 - 0.5) * 0.8).collect()
+    }
+
+    fn tensor(name: &str, shape: &[usize], format: Option<BlockFormat>, seed: usize) -> T {
+        let x = values(shape.iter().product(), seed);
+        let (ty, data) = match format {
+            None => (0, x.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            Some(f) => {
+                let mut b = Vec::new();
+                quantize(f, &x, &mut b).unwrap();
+                (
+                    match f {
+                        BlockFormat::Q4_0 => 2,
+                        BlockFormat::Q4_1 => 3,
+                        BlockFormat::Q8_0 => 8,
+                    },
+                    b,
+                )
+            }
+        };
+        T { name: name.to_string(), shape: shape.to_vec(), ty, data }
+    }
+
+    fn norm(name: &str) -> T {
+        let x: Vec<f32> = (0..H).map(|i| 1.0 + (i % 5) as f32 * 0.05).collect();
+        T { name: name.to_string(), shape: vec![H], ty: 0, data: x.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    }
+
+    fn metadata() -> Vec<(&'static str, V)> {
+        vec![
+            ("general.architecture", V::Str("llama")),
+            ("llama.context_length", V::U32(256)),
+            ("llama.embedding_length", V::U32(H as u32)),
+            ("llama.block_count", V::U32(LAYERS as u32)),
+            ("llama.feed_forward_length", V::U32(I as u32)),
+            ("llama.attention.head_count", V::U32(NH as u32)),
+            ("llama.attention.head_count_kv", V::U32(NKV as u32)),
+            ("llama.attention.layer_norm_rms_epsilon", V::F32(1e-5)),
+            ("llama.rope.freq_base", V::F32(10000.0)),
+            ("llama.rope.dimension_count", V::U32(HD as u32)),
+            ("tokenizer.ggml.tokens", V::Strs((0..V_).map(|i| format!("t{i}")).collect())),
+        ]
+    }
+
+    /// A tiny llama GGUF: Q8_0 embedding, Q4_1 / Q4_0 / Q8_0 projections, F32 norms, optionally an
+    /// untied F32 head.
+    fn tensors(untied: bool) -> Vec<T> {
+        let mut t = vec![tensor("token_embd.weight", &[V_, H], Some(BlockFormat::Q8_0), 1)];
+        for n in 0..LAYERS {
+            let s = 10 * (n + 1);
+            t.push(norm(&format!("blk.{n}.attn_norm.weight")));
+            t.push(tensor(&format!("blk.{n}.attn_q.weight"), &[NH * HD, H], Some(BlockFormat::Q4_1), s));
+            t.push(tensor(&format!("blk.{n}.attn_k.weight"), &[NKV * HD, H], Some(BlockFormat::Q4_1), s + 1));
+            t.push(tensor(&format!("blk.{n}.attn_v.weight"), &[NKV * HD, H], Some(BlockFormat::Q4_0), s + 2));
+            t.push(tensor(&format!("blk.{n}.attn_output.weight"), &[H, NH * HD], Some(BlockFormat::Q8_0), s + 3));
+            t.push(norm(&format!("blk.{n}.ffn_norm.weight")));
+            t.push(tensor(&format!("blk.{n}.ffn_gate.weight"), &[I, H], Some(BlockFormat::Q4_1), s + 4));
+            t.push(tensor(&format!("blk.{n}.ffn_up.weight"), &[I, H], Some(BlockFormat::Q4_1), s + 5));
+            t.push(tensor(&format!("blk.{n}.ffn_down.weight"), &[H, I], Some(BlockFormat::Q4_0), s + 6));
+        }
+        t.push(norm("output_norm.weight"));
+        if untied {
+            t.push(tensor("output.weight", &[V_, H], None, 99));
+        }
+        t
+    }
+
+    fn load(kv: &[(&str, V)], t: &[T]) -> Result<LlamaModel, ModelError> {
+        let mut src = MemSource { name: "tiny.gguf".into(), bytes: write_gguf(kv, t) };
+        LlamaModel::from_gguf(&mut src)
+    }
+
+    /// The same model with every weight dequantized to f32.
+    fn dequantized(m: &LlamaModel) -> LlamaModel {
+        let f = |l: &Linear| Linear::f32(l.out_features, l.in_features, l.to_f32(), l.bias.clone());
+        let w = &m.weights;
+        let weights = LlamaWeights {
+            embed_tokens: f(&w.embed_tokens),
+            layers: w
+                .layers
+                .iter()
+                .map(|l| LlamaLayer {
+                    input_layernorm: l.input_layernorm.clone(),
+                    q_proj: f(&l.q_proj),
+                    k_proj: f(&l.k_proj),
+                    v_proj: f(&l.v_proj),
+                    o_proj: f(&l.o_proj),
+                    post_attention_layernorm: l.post_attention_layernorm.clone(),
+                    gate_proj: f(&l.gate_proj),
+                    up_proj: f(&l.up_proj),
+                    down_proj: f(&l.down_proj),
+                })
+                .collect(),
+            norm: w.norm.clone(),
+            lm_head: w.lm_head.as_ref().map(f),
+        };
+        LlamaModel::new(m.config.clone(), weights, m.rope_layout)
+    }
+
+    #[test]
+    fn tiny_llama_config_weights_and_forward() {
+        for untied in [false, true] {
+            let m = load(&metadata(), &tensors(untied)).unwrap();
+            let c = &m.config;
+            assert_eq!((c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size), (H, I, LAYERS, V_));
+            assert_eq!((c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.max_position_embeddings), (NH, NKV, HD, 256));
+            assert_eq!(c.rope, RopeConfig { theta: 10000.0, dim: HD, max_position_embeddings: 256, scaling: RopeScaling::Default });
+            assert_eq!((c.tie_word_embeddings, m.weights.lm_head.is_some()), (!untied, untied));
+            assert_eq!(m.rope_layout, RopeLayout::Adjacent);
+            assert!(matches!(m.weights.layers[1].v_proj.weight, crate::models::WeightStorage::Blocks { format: BlockFormat::Q4_0, .. }));
+
+            // The quantized model runs like its dequantized f32 twin (prefill 3, decode 2).
+            let r = dequantized(&m);
+            let (mut cq, mut cf) = (KvCache::new(c), KvCache::new(c));
+            for toks in [&[1u32, 7, 3][..], &[9], &[0]] {
+                let (a, b) = (m.forward(toks, &mut cq).unwrap(), r.forward(toks, &mut cf).unwrap());
+                assert_eq!(a.len(), toks.len() * V_);
+                for (x, y) in a.iter().zip(&b) {
+                    assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key_or_tensor() {
+        let msg = |kv: Vec<(&'static str, V)>, t: Vec<T>| load(&kv, &t).unwrap_err().to_string();
+
+        let kv: Vec<_> = metadata().into_iter().filter(|(k, _)| *k != "llama.embedding_length").collect();
+        let e = msg(kv, tensors(false));
+        assert!(e.contains("tiny.gguf") && e.contains("llama.embedding_length") && e.contains("missing"), "{e}");
+
+        let mut kv = metadata();
+        kv[0].1 = V::Str("gpt2");
+        let e = msg(kv, tensors(false));
+        assert!(e.contains("general.architecture") && e.contains("gpt2"), "{e}");
+
+        let mut kv = metadata();
+        kv.push(("llama.rope.scaling.type", V::Str("longrope")));
+        let e = msg(kv, tensors(false));
+        assert!(e.contains("llama.rope.scaling.type") && e.contains("longrope"), "{e}");
+
+        let mut kv = metadata();
+        kv[6].1 = V::U32(3); // head_count_kv 3 does not divide 4
+        assert!(msg(kv, tensors(false)).contains("llama.attention.head_count_kv"));
+
+        let mut kv = metadata();
+        kv.pop();
+        kv.push(("tokenizer.ggml.tokens", V::Strs(vec!["a".into(); 3])));
+        assert!(msg(kv, tensors(false)).contains("tokenizer.ggml.tokens"));
+
+        let t: Vec<T> = tensors(false).into_iter().filter(|t| t.name != "blk.1.ffn_up.weight").collect();
+        let e = msg(metadata(), t);
+        assert!(e.contains("blk.1.ffn_up.weight") && e.contains("missing"), "{e}");
+
+        // (out, in) stored the wrong way round: ne = [out, in] instead of [in, out].
+        let mut t = tensors(false);
+        let q = t.iter_mut().find(|t| t.name == "blk.0.attn_k.weight").unwrap();
+        q.shape = vec![H, NKV * HD];
+        let e = msg(metadata(), t);
+        assert!(e.contains("blk.0.attn_k.weight") && e.contains("[32, 64]") && e.contains("[64, 32]"), "{e}");
+
+        // Unsupported ggml type (Q5_0 = 6, 32-element blocks of 22 bytes) on a projection.
+        let mut t = tensors(false);
+        let g = t.iter_mut().find(|t| t.name == "blk.0.ffn_gate.weight").unwrap();
+        (g.ty, g.data) = (6, vec![0; I * H / 32 * 22]);
+        let e = msg(metadata(), t);
+        assert!(e.contains("blk.0.ffn_gate.weight") && e.contains("Q5_0") && e.contains("not supported"), "{e}");
     }
 }
