@@ -82,6 +82,24 @@ fn smollm2_135m_q4_1_greedy_continuation() {
     println!("load {load_s:.2} s, prefill 5 + decode 7 tokens {run_s:.2} s");
     assert_eq!(got, EXPECTED, "greedy continuation of \"The capital of France is\" (margins {margins:?})");
     assert_eq!(cache.len(), PROMPT.len() + EXPECTED.len() - 1);
+
+    // One prefill of prompt + the first 7 generated tokens picks the same tokens at every
+    // position; and prefill(11) + decode(1) gives the last row of prefill(12) (the CPU path does
+    // the same per-token arithmetic either way, so it is exact here; 1e-3 leaves room for paths
+    // that batch differently).
+    let mut seq = PROMPT.to_vec();
+    seq.extend_from_slice(&EXPECTED[..EXPECTED.len() - 1]);
+    let t2 = Instant::now();
+    let all = model.forward(&seq, &mut KvCache::new(&model.config)).unwrap();
+    println!("one prefill of {} tokens {:.2} s", seq.len(), t2.elapsed().as_secs_f64());
+    let picks: Vec<u32> = (PROMPT.len() - 1..seq.len()).map(|p| top1(&all[p * v..(p + 1) * v]).0).collect();
+    assert_eq!(picks, EXPECTED);
+    let mut c = KvCache::new(&model.config);
+    model.forward(&seq[..seq.len() - 1], &mut c).unwrap();
+    let last = model.forward(&seq[seq.len() - 1..], &mut c).unwrap();
+    let max_diff = last.iter().zip(&all[(seq.len() - 1) * v..]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    println!("last position: prefill vs cached decode, max |Δlogit| = {max_diff:.2e}");
+    assert!(max_diff < 1e-3, "{max_diff}");
 }
 
 /// The tied Q8_0 embedding gather dequantizes exactly one row, equal to the same row of the
