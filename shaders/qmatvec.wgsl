@@ -30,23 +30,25 @@
 //         and 4w+16 .. 4w+19 (high nibbles)      → x4[8b + 4 + w]
 // where x4 is x read as vec4 (K is a multiple of 32, so 8 vec4 per block).
 //
-// Workgroup layout: 64 threads = 4 output rows × 16 threads; row = (wid.y · gx + wid.x) · 4 +
-// lid / 16 on a 2-D grid of ⌈rows / 4⌉ workgroups, so rows may exceed 65535 · 4. Threads of rows
+// Workgroup layout: 64 threads = 8 output rows × 8 threads; row = (wid.y · gx + wid.x) · 8 +
+// lid / 8 on a 2-D grid of ⌈rows / 8⌉ workgroups, so rows may exceed 65535 · 8. Threads of rows
 // past `rows` skip loads and stores but still meet every barrier (uniform control flow).
 //
 // The trick: the unit of work is one u32 word of quants, not one block. Thread t of a row takes
-// words t, t + 16, t + 32, … of it (a row of K = 576 has 72 Q4 words or 144 Q8 words, so every
+// words t, t + 8, t + 16, … of it (a row of K = 576 has 72 Q4 words or 144 Q8 words, so every
 // thread has work, where one block per thread would leave most idle on short rows), unpacks the
 // 4 or 8 weights of the word into vec4s, dequantizes them with the block's d (and m) and
-// accumulates dot(w, x) in f32. The 16 threads of a row read 16 consecutive words (64 bytes).
-// Their partial sums are folded in workgroup memory by halving (8, 4, 2, 1: 4 barriers, shared by
-// the 4 rows; CPU implementations such as lavapipe and SwiftShader pay per barrier, so several
-// rows per workgroup matter there). No subgroups: the kernel runs wherever WebGPU does
+// accumulates dot(w, x) in f32. The 8 threads of a row read 8 consecutive words (32 bytes).
+// Their partial sums are folded in workgroup memory by halving (4, 2, 1: 4 barriers in all,
+// shared by the 8 rows; CPU implementations such as lavapipe and SwiftShader pay per barrier).
+// Measured on lavapipe (Q4_1, K = 576), 8 rows × 8 threads ran 2× faster than 4 × 16, 16 × 4 or
+// 16 × 16 (256 threads); on GPUs with 32-wide SIMD, llama.cpp favours one row per workgroup, so
+// revisit TPR / ROWS where a real GPU can be measured. No subgroups: the kernel runs wherever WebGPU does
 // (SwiftShader caps workgroups at 256 invocations).
 
 const WG: u32 = 64u;     // threads per workgroup
-const TPR: u32 = 16u;    // threads per output row
-const ROWS: u32 = 4u;    // rows per workgroup, WG / TPR
+const TPR: u32 = 8u;     // threads per output row
+const ROWS: u32 = 8u;    // rows per workgroup, WG / TPR
 
 struct Meta {
     rows: u32,    // output rows in this dispatch (a chunk of N)

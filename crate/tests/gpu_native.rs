@@ -237,15 +237,15 @@ fn qmatvec_matches_reference() {
     pollster::block_on(qmatvec_vs_dequantized_matmul(&ctx));
 }
 
-/// More workgroups than one grid dimension holds: 65 535 · 4 + 5 rows need ⌈N / 4⌉ = 65 537
-/// workgroups of 4 rows (the 2-D grid).
+/// More workgroups than one grid dimension holds: 65 535 · 8 + 5 rows need ⌈N / 8⌉ = 65 536
+/// workgroups of 8 rows (the 2-D grid).
 #[test]
 fn qmatvec_on_a_2d_grid() {
     let ctx = ctx();
     pollster::block_on(check_qmatvec(
         &ctx,
         crucible::tensor::quant::BlockFormat::Q4_0,
-        65_535 * 4 + 5,
+        65_535 * 8 + 5,
         32,
         None,
     ));

@@ -6,7 +6,7 @@
 //! `ggml-quants.c` (`dequantize_row_*`); uploaded in the aligned split layout of
 //! [`SplitBlocks`] (scales and mins as f32, quants as u32 words). The kernel follows the shape of
 //! llama.cpp's `mul_mat_vec` shaders (Vulkan `mul_mat_vec.comp`, WebGPU `mul_mat_vec.wgsl`):
-//! 64-thread workgroups of 4 output rows × 16 threads, each thread striding over its row's quant
+//! 64-thread workgroups of 8 output rows × 8 threads, each thread striding over its row's quant
 //! words, a shared-memory tree reduction per row; no subgroups.
 //!
 //! Numbers: the CPU [`reference`] dequantizes each row exactly as [`SplitBlocks::dequantize`]
@@ -27,8 +27,8 @@ pub const KERNEL: &str = "qmatvec";
 pub const WGSL: &str = include_str!("../../../shaders/qmatvec.wgsl");
 /// Threads per workgroup (`WG` in the shader).
 pub const WORKGROUP_SIZE: u32 = 64;
-/// Output rows per workgroup (`ROWS` in the shader): 16 threads per row.
-pub const ROWS_PER_GROUP: u32 = 4;
+/// Output rows per workgroup (`ROWS` in the shader): 8 threads per row.
+pub const ROWS_PER_GROUP: u32 = 8;
 
 /// Mirrors `struct Meta` in shaders/qmatvec.wgsl (16 bytes).
 #[repr(C)]
