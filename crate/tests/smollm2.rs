@@ -61,9 +61,9 @@ fn smollm2_135m_q4_1_greedy_continuation() {
     let t1 = Instant::now();
     let mut cache = KvCache::new(&model.config);
     let v = model.config.vocab_size;
-    let logits = model.forward(&PROMPT, &mut cache).unwrap();
-    assert_eq!(logits.len(), PROMPT.len() * v);
-    let mut next = top1(&logits[(PROMPT.len() - 1) * v..]);
+    let logits0 = model.forward(&PROMPT, &mut cache).unwrap();
+    assert_eq!(logits0.len(), PROMPT.len() * v);
+    let mut next = top1(&logits0[(PROMPT.len() - 1) * v..]);
     let mut got = Vec::new();
     let mut margins = Vec::new();
     loop {
@@ -100,6 +100,15 @@ fn smollm2_135m_q4_1_greedy_continuation() {
     let max_diff = last.iter().zip(&all[(seq.len() - 1) * v..]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     println!("last position: prefill vs cached decode, max |Δlogit| = {max_diff:.2e}");
     assert!(max_diff < 1e-3, "{max_diff}");
+
+    // The same weights in the GPU's split layout (f32 scales, u32 quant words) give the same
+    // prefill logits bit for bit on the CPU path.
+    let split = LlamaModel::new(model.config.clone(), model.weights.clone().into_split(), model.rope_layout);
+    assert!(matches!(split.weights.layers[0].q_proj.weight, WeightStorage::Split(_)));
+    let t3 = Instant::now();
+    let split_logits = split.forward(&PROMPT, &mut KvCache::new(&split.config)).unwrap();
+    println!("split layout: prefill 5 tokens {:.2} s", t3.elapsed().as_secs_f64());
+    assert!(split_logits == logits0, "split-layout logits differ from the GGUF-block logits");
 }
 
 /// The tied Q8_0 embedding gather dequantizes exactly one row, equal to the same row of the

@@ -23,7 +23,7 @@ use crate::formats::checkpoint::Checkpoint;
 use crate::formats::safetensors::FormatError;
 use crate::models::config::{ConfigError, LlamaConfig};
 use crate::posenc::rope::{RopeFreqs, RopeLayout, RopeScaling, apply_rope};
-use crate::tensor::quant::{self, BlockFormat, QK};
+use crate::tensor::quant::{self, BlockFormat, QK, SplitBlocks};
 
 /// Errors building or running a model. Each names the model and, where there is one, the tensor.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,10 @@ pub enum WeightStorage {
     /// row-major: row o is blocks o·in/32 .. (o+1)·in/32, each 32 consecutive weights of that row.
     /// (out_features · in_features / 32 · format.block_bytes()) bytes.
     Blocks { format: BlockFormat, bytes: Vec<u8> },
+    /// The same blocks in the aligned split layout the GPU kernels read ([`SplitBlocks`]: f32
+    /// scales and mins, u32 quant words), block order as in `Blocks`; one copy serves the GPU
+    /// upload and the CPU fallback.
+    Split(SplitBlocks),
 }
 
 /// A linear layer y = x·Wᵀ (+ b), W of shape (out_features, in_features) as in `torch.nn.Linear`.
@@ -106,6 +110,44 @@ impl Linear {
         Ok(Linear { out_features, in_features, weight: WeightStorage::Blocks { format, bytes }, bias })
     }
 
+    /// A block-quantized layer over split blocks (out × in / 32 of them, consistent arrays).
+    pub fn split(out_features: usize, in_features: usize, blocks: SplitBlocks, bias: Option<Vec<f32>>) -> Result<Linear, String> {
+        let format = blocks.format;
+        if !in_features.is_multiple_of(QK) {
+            return Err(format!("{format}: row length {in_features} is not a multiple of the block size {QK}"));
+        }
+        let n = out_features * (in_features / QK);
+        let mins_ok = match &blocks.mins {
+            Some(m) => format.has_min() && m.len() == n,
+            None => !format.has_min(),
+        };
+        if blocks.scales.len() != n || blocks.qs.len() != n * format.quant_words() || !mins_ok {
+            return Err(format!(
+                "{format}: split layout with {} scales, {} quant words, {} mins, expected {n} blocks for ({out_features}, {in_features})",
+                blocks.scales.len(),
+                blocks.qs.len(),
+                blocks.mins.as_ref().map_or(0, |m| m.len())
+            ));
+        }
+        if let Some(b) = &bias
+            && b.len() != out_features
+        {
+            return Err(format!("bias has {} values, expected {out_features}", b.len()));
+        }
+        Ok(Linear { out_features, in_features, weight: WeightStorage::Split(blocks), bias })
+    }
+
+    /// This layer with `Blocks` weights moved to the split layout (other storages unchanged).
+    pub fn into_split(self) -> Linear {
+        match self.weight {
+            WeightStorage::Blocks { format, bytes } => {
+                let blocks = SplitBlocks::from_blocks(format, &bytes).expect("length checked by Linear::quantized");
+                Linear { weight: WeightStorage::Split(blocks), ..self }
+            }
+            _ => self,
+        }
+    }
+
     /// x (T, in) → y (T, out). `x.len()` must be a multiple of `in_features`.
     ///
     /// Quantized weights: each 32-weight block of a row is dequantized once (exactly as
@@ -126,17 +168,31 @@ impl Linear {
             WeightStorage::Blocks { format, bytes } => {
                 // One monomorphized loop per format (the debug build, opt-level 1, does not hoist a
                 // `match` out of the inner loop).
+                let (inp, out) = (self.in_features, self.out_features);
+                let bb = format.block_bytes();
                 match format {
-                    BlockFormat::Q8_0 => blocks_forward(bytes, x, &mut y, self.in_features, self.out_features, BlockFormat::Q8_0.block_bytes(), dequantize_q8_0),
-                    BlockFormat::Q4_0 => blocks_forward(bytes, x, &mut y, self.in_features, self.out_features, BlockFormat::Q4_0.block_bytes(), dequantize_q4_0),
-                    BlockFormat::Q4_1 => blocks_forward(bytes, x, &mut y, self.in_features, self.out_features, BlockFormat::Q4_1.block_bytes(), dequantize_q4_1),
+                    BlockFormat::Q8_0 => rows_forward(x, &mut y, inp, out, |b, wb| dequantize_q8_0(&bytes[b * bb..(b + 1) * bb], wb)),
+                    BlockFormat::Q4_0 => rows_forward(x, &mut y, inp, out, |b, wb| dequantize_q4_0(&bytes[b * bb..(b + 1) * bb], wb)),
+                    BlockFormat::Q4_1 => rows_forward(x, &mut y, inp, out, |b, wb| dequantize_q4_1(&bytes[b * bb..(b + 1) * bb], wb)),
                 }
-                if let Some(b) = &self.bias {
-                    for yr in y.chunks_exact_mut(self.out_features) {
-                        for (yo, bo) in yr.iter_mut().zip(b) {
-                            *yo += bo;
-                        }
-                    }
+            }
+            WeightStorage::Split(s) => {
+                let (inp, out) = (self.in_features, self.out_features);
+                // (Linear::split checks that Q4_1 has mins; missing ones read as 0 like SplitBlocks'.)
+                let mins = s.mins.as_deref().unwrap_or(&[]);
+                match s.format {
+                    BlockFormat::Q8_0 => rows_forward(x, &mut y, inp, out, |b, wb| split_q8_0(s.scales[b], &s.qs[b * 8..b * 8 + 8], wb)),
+                    BlockFormat::Q4_0 => rows_forward(x, &mut y, inp, out, |b, wb| split_q4_0(s.scales[b], &s.qs[b * 4..b * 4 + 4], wb)),
+                    BlockFormat::Q4_1 => rows_forward(x, &mut y, inp, out, |b, wb| split_q4_1(s.scales[b], mins.get(b).copied().unwrap_or(0.0), &s.qs[b * 4..b * 4 + 4], wb)),
+                }
+            }
+        }
+        if !matches!(self.weight, WeightStorage::F32(_))
+            && let Some(b) = &self.bias
+        {
+            for yr in y.chunks_exact_mut(self.out_features) {
+                for (yo, bo) in yr.iter_mut().zip(b) {
+                    *yo += bo;
                 }
             }
         }
@@ -156,6 +212,20 @@ impl Linear {
                     dequantize_block(*format, block, o);
                 }
             }
+            WeightStorage::Split(s) => {
+                let nb = self.in_features / QK;
+                let words = s.format.quant_words();
+                for (k, o) in out.chunks_exact_mut(QK).enumerate() {
+                    let b = i * nb + k;
+                    let o: &mut [f32; QK] = o.try_into().expect("chunks of QK");
+                    let qs = &s.qs[b * words..(b + 1) * words];
+                    match s.format {
+                        BlockFormat::Q8_0 => split_q8_0(s.scales[b], qs, o),
+                        BlockFormat::Q4_0 => split_q4_0(s.scales[b], qs, o),
+                        BlockFormat::Q4_1 => split_q4_1(s.scales[b], s.mins.as_ref().and_then(|m| m.get(b)).copied().unwrap_or(0.0), qs, o),
+                    }
+                }
+            }
         }
     }
 
@@ -166,6 +236,11 @@ impl Linear {
             WeightStorage::Blocks { format, bytes } => {
                 let mut out = Vec::new();
                 quant::dequantize(*format, bytes, &mut out).expect("length checked by Linear::quantized");
+                out
+            }
+            WeightStorage::Split(s) => {
+                let mut out = Vec::new();
+                s.dequantize(&mut out).expect("layout checked by Linear::split");
                 out
             }
         }
@@ -188,25 +263,62 @@ fn f16_bits_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-/// y (T, out) = x (T, in) · Wᵀ over GGUF blocks of `block_bytes` bytes: each block of a row is
-/// dequantized once into a stack buffer and dotted with the matching 32 inputs of every token.
+/// y (T, out) = x (T, in) · Wᵀ over 32-weight blocks: `deq(b, buf)` writes block `b` (row-major
+/// block order, in/32 blocks per row) as f32 into a stack buffer, which is dotted with the matching
+/// 32 inputs of every token.
 #[inline(always)]
-fn blocks_forward(bytes: &[u8], x: &[f32], y: &mut [f32], inp: usize, out: usize, block_bytes: usize, deq: fn(&[u8], &mut [f32; QK])) {
+fn rows_forward<F: Fn(usize, &mut [f32; QK])>(x: &[f32], y: &mut [f32], inp: usize, out: usize, deq: F) {
     let t = x.len() / inp;
     let nb = inp / QK;
     let mut wb = [0.0f32; QK];
     for o in 0..out {
-        let row = &bytes[o * nb * block_bytes..(o + 1) * nb * block_bytes];
         for ti in 0..t {
             y[ti * out + o] = 0.0;
         }
         for b in 0..nb {
-            deq(&row[b * block_bytes..(b + 1) * block_bytes], &mut wb);
+            deq(o * nb + b, &mut wb);
             for ti in 0..t {
                 let xb: &[f32; QK] = x[ti * inp + b * QK..ti * inp + (b + 1) * QK].try_into().expect("QK inputs");
                 y[ti * out + o] += dot32(&wb, xb);
             }
         }
+    }
+}
+
+/// Split Q8_0 block (scale, 8 words) → `d·q`; byte k of word w is quant 4w + k.
+#[inline(always)]
+fn split_q8_0(d: f32, qs: &[u32], out: &mut [f32; QK]) {
+    let qs: &[u32; 8] = qs.try_into().expect("8 words");
+    let mut j = 0;
+    while j < QK {
+        out[j] = ((qs[j / 4] >> (8 * (j % 4))) as u8 as i8) as f32 * d;
+        j += 1;
+    }
+}
+
+/// Split Q4_0 block (scale, 4 words) → `d·(q − 8)`.
+#[inline(always)]
+fn split_q4_0(d: f32, qs: &[u32], out: &mut [f32; QK]) {
+    let qs: &[u32; 4] = qs.try_into().expect("4 words");
+    let mut j = 0;
+    while j < QK / 2 {
+        let q = (qs[j / 4] >> (8 * (j % 4))) as u8;
+        out[j] = ((q & 0x0F) as i32 - 8) as f32 * d;
+        out[j + QK / 2] = ((q >> 4) as i32 - 8) as f32 * d;
+        j += 1;
+    }
+}
+
+/// Split Q4_1 block (scale, min, 4 words) → `d·q + m`.
+#[inline(always)]
+fn split_q4_1(d: f32, m: f32, qs: &[u32], out: &mut [f32; QK]) {
+    let qs: &[u32; 4] = qs.try_into().expect("4 words");
+    let mut j = 0;
+    while j < QK / 2 {
+        let q = (qs[j / 4] >> (8 * (j % 4))) as u8;
+        out[j] = (q & 0x0F) as f32 * d + m;
+        out[j + QK / 2] = (q >> 4) as f32 * d + m;
+        j += 1;
     }
 }
 
@@ -317,6 +429,25 @@ mod quant_tests {
                 assert_eq!(row, deq[o * inp..(o + 1) * inp], "{format} row {o}");
             }
         }
+        for format in BlockFormat::ALL {
+            let mut bytes = Vec::new();
+            quant::quantize(format, &w, &mut bytes).unwrap();
+            let q = Linear::quantized(out, inp, format, bytes, Some(bias.clone())).unwrap();
+            let s = q.clone().into_split();
+            assert!(matches!(s.weight, WeightStorage::Split(_)));
+            // same dequantized weights, same summation order: bit for bit
+            assert_eq!(s.forward(&x), q.forward(&x), "{format}");
+            assert_eq!(s.to_f32(), q.to_f32(), "{format}");
+            let (mut a, mut b) = (vec![0.0f32; inp], vec![0.0f32; inp]);
+            for o in 0..out {
+                s.row(o, &mut a);
+                q.row(o, &mut b);
+                assert_eq!(a, b, "{format} row {o}");
+            }
+            let WeightStorage::Split(sb) = s.weight else { unreachable!() };
+            assert!(Linear::split(out + 1, inp, sb.clone(), None).unwrap_err().contains("expected 24 blocks"));
+            assert!(Linear::split(out, inp, sb, None).is_ok());
+        }
         assert!(Linear::quantized(2, 48, BlockFormat::Q8_0, vec![0; 2 * 34], None).unwrap_err().contains("not a multiple"));
         assert!(Linear::quantized(2, 64, BlockFormat::Q4_1, vec![0; 3 * 20], None).unwrap_err().contains("expected 80"));
     }
@@ -350,6 +481,32 @@ pub struct LlamaWeights {
     pub norm: Vec<f32>,
     /// `lm_head.weight` (vocab, H); `None` when tied to `embed_tokens`.
     pub lm_head: Option<Linear>,
+}
+
+impl LlamaWeights {
+    /// Every `Blocks` projection (and the embedding / head) moved to the split layout
+    /// ([`Linear::into_split`]): one copy for the GPU upload and the CPU fallback.
+    pub fn into_split(self) -> LlamaWeights {
+        LlamaWeights {
+            embed_tokens: self.embed_tokens.into_split(),
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| LlamaLayer {
+                    q_proj: l.q_proj.into_split(),
+                    k_proj: l.k_proj.into_split(),
+                    v_proj: l.v_proj.into_split(),
+                    o_proj: l.o_proj.into_split(),
+                    gate_proj: l.gate_proj.into_split(),
+                    up_proj: l.up_proj.into_split(),
+                    down_proj: l.down_proj.into_split(),
+                    ..l
+                })
+                .collect(),
+            norm: self.norm,
+            lm_head: self.lm_head.map(Linear::into_split),
+        }
+    }
 }
 
 /// Reads tensors by name, checking their shapes.
