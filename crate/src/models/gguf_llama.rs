@@ -143,7 +143,9 @@ pub fn config_from_gguf(g: &Gguf) -> Result<LlamaConfig, ModelError> {
 }
 
 /// `[arch].rope.scaling.type` (none, linear, yarn) with `.factor` and
-/// `.original_context_length`; the older `[arch].rope.scale_linear` means linear.
+/// `.original_context_length`; the older `[arch].rope.scale_linear` means linear. YaRN takes
+/// `.yarn_beta_fast` / `.yarn_beta_slow` when present and derives the attention factor as
+/// transformers does (0.1·ln s + 1); no yarn GGUF has been checked against llama.cpp yet.
 fn rope_scaling(g: &Gguf, arch: &str, ctx: usize) -> Result<RopeScaling, ModelError> {
     let k = |s: &str| format!("{arch}.{s}");
     let factor = |key: &str| -> Result<f64, ModelError> {
