@@ -4,6 +4,7 @@ pub mod gguf;
 pub mod io;
 pub mod safetensors;
 pub mod sharded;
+pub mod tokenizer;
 pub use checkpoint::{Checkpoint, INDEX_FILE, ModelFiles, OutputDir, SINGLE_FILE};
 #[cfg(not(target_arch = "wasm32"))]
 pub use checkpoint::{DirFiles, DirOutput};
