@@ -2,6 +2,11 @@
 //! (reference: `mergekit/scripts/run_yaml.py`, `mergekit/options.py`): the same recipe format,
 //! the same output files, `--out-shard-size` with K/M/B suffixes. The engine is the library's
 //! `merge::run::run_merge`, the same code the browser runs.
+//!
+//! `crucible run --model MODEL.gguf --prompt TEXT` generates text on the CPU with the library's
+//! `LlamaModel` (reference: llama.cpp `examples/simple`, `llama-cli`; HF transformers `generate`):
+//! the tokenizer embedded in the GGUF, one prefill of the prompt, then one cached decode step per
+//! token, sampled by `sample::Sampler` (HF logits processors), streamed to stdout as decoded text.
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
@@ -16,6 +21,11 @@ mod cli {
     use crucible::formats::{DirFiles, DirOutput, ModelFiles};
     use crucible::merge::recipe::Recipe;
     use crucible::merge::run::{MergeOptions, Progress, run_merge};
+    use crucible::formats::gguf::Gguf;
+    use crucible::formats::io::FileSource;
+    use crucible::formats::tokenizer::{special_tokens_from_gguf, tokenizer_from_gguf};
+    use crucible::models::{KvCache, LlamaModel};
+    use crucible::sample::{Sampler, SamplingParams};
 
     #[derive(Parser)]
     #[command(
@@ -59,6 +69,59 @@ breadcrumbs_ties, della, della_linear, model_stock, nearswap, sce, arcee_fusion,
             #[arg(long, short)]
             quiet: bool,
         },
+        /// Generate text from a prompt with a GGUF model on the CPU, streamed to stdout.
+        #[command(long_about = "Generate text from a prompt with a GGUF model (llama architecture, gpt2 byte-level BPE \
+tokenizer embedded in the file) on the CPU. The decoded text streams to stdout as tokens come; generation stops at the \
+end-of-sequence token or after --max-tokens. Then stderr gets the prompt and generated token counts and the prefill and \
+decode speeds in tokens/s.\n\n\
+Sampling defaults to HF transformers' (temperature 1, top-k 50); --greedy takes the argmax (temperature 0).")]
+        Run(RunArgs),
+    }
+
+    #[derive(clap::Args)]
+    struct RunArgs {
+        /// The model: a .gguf file. (Hugging Face folders are not supported yet.)
+        #[arg(long)]
+        model: PathBuf,
+        /// The prompt text (no chat template is applied; no BOS is added unless the GGUF says so).
+        #[arg(long)]
+        prompt: String,
+        /// Maximum number of tokens to generate.
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// Greedy decoding: always the most likely token (temperature 0).
+        #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p", "min_p", "seed"])]
+        greedy: bool,
+        /// Temperature (0 = greedy). Default 1.
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// Keep the K most likely tokens (0 disables). Default 50.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Nucleus sampling mass in (0, 1] (1 disables). Default 1.
+        #[arg(long)]
+        top_p: Option<f32>,
+        /// Drop tokens less likely than this fraction of the top token, in [0, 1]. Default 0.
+        #[arg(long)]
+        min_p: Option<f32>,
+        /// CTRL repetition penalty over prompt and output (1 disables). Default 1.
+        #[arg(long)]
+        repetition_penalty: Option<f32>,
+        /// Subtracted from the logit of every token already seen. Default 0.
+        #[arg(long)]
+        presence_penalty: Option<f32>,
+        /// Subtracted per occurrence of a token already seen. Default 0.
+        #[arg(long)]
+        frequency_penalty: Option<f32>,
+        /// Ban repeating any n-gram of this size (0 disables). Default 0.
+        #[arg(long, value_name = "N")]
+        no_repeat_ngram: Option<usize>,
+        /// Seed of the sampler (same seed, same tokens on every platform). Default 0.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where to compute: cpu (gpu is not implemented yet).
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
+        backend: String,
     }
 
     fn parse_shard_size(s: &str) -> Result<u64, String> {
@@ -160,9 +223,122 @@ breadcrumbs_ties, della, della_linear, model_stock, nearswap, sce, arcee_fusion,
         }
     }
 
+    fn sampling_params(a: &RunArgs) -> SamplingParams {
+        let mut p = if a.greedy { SamplingParams::greedy() } else { SamplingParams::default() };
+        if let Some(v) = a.temperature {
+            p.temperature = v;
+        }
+        if let Some(v) = a.top_k {
+            p.top_k = v;
+        }
+        if let Some(v) = a.top_p {
+            p.top_p = v;
+        }
+        if let Some(v) = a.min_p {
+            p.min_p = v;
+        }
+        if let Some(v) = a.repetition_penalty {
+            p.repetition_penalty = v;
+        }
+        if let Some(v) = a.presence_penalty {
+            p.presence_penalty = v;
+        }
+        if let Some(v) = a.frequency_penalty {
+            p.frequency_penalty = v;
+        }
+        if let Some(v) = a.no_repeat_ngram {
+            p.no_repeat_ngram_size = v;
+        }
+        if let Some(v) = a.seed {
+            p.seed = v;
+        }
+        p
+    }
+
+    fn run(a: &RunArgs) -> Result<String, String> {
+        if a.backend == "gpu" {
+            return Err("--backend gpu is not implemented yet; use --backend cpu".into());
+        }
+        let path = &a.model;
+        if path.is_dir() {
+            return Err(format!("{}: Hugging Face model folders are not supported yet by `crucible run`; pass a .gguf file", path.display()));
+        }
+        let mut sampler = Sampler::new(sampling_params(a)).map_err(|e| e.to_string())?;
+
+        let t_load = Instant::now();
+        let mut src = FileSource::open(path).map_err(|e| e.to_string())?;
+        let gguf = Gguf::read(&mut src).map_err(|e| e.to_string())?;
+        let tok = tokenizer_from_gguf(&gguf).map_err(|e| e.to_string())?;
+        let eos = special_tokens_from_gguf(&gguf).map_err(|e| e.to_string())?.eos;
+        let model = LlamaModel::from_gguf(&mut src).map_err(|e| e.to_string())?;
+        let load_s = t_load.elapsed().as_secs_f64();
+
+        let enc = tok.encode(a.prompt.as_str(), true).map_err(|e| format!("tokenizing the prompt: {e}"))?;
+        let prompt: Vec<u32> = enc.get_ids().to_vec();
+        if prompt.is_empty() {
+            return Err("the prompt is empty (it tokenizes to no tokens)".into());
+        }
+        let v = model.config.vocab_size;
+        let mut cache = KvCache::new(&model.config);
+        let mut history = prompt.clone();
+        let mut stdout = std::io::stdout().lock();
+        let mut stream = tok.decode_stream(true);
+
+        // Prefill: (T, vocab) logits; the last row gives the first token.
+        let t_prefill = Instant::now();
+        let logits = model.forward(&prompt, &mut cache).map_err(|e| e.to_string())?;
+        let prefill_s = t_prefill.elapsed().as_secs_f64();
+        let mut last: Vec<f32> = logits[(prompt.len() - 1) * v..prompt.len() * v].to_vec();
+
+        let t_decode = Instant::now();
+        let mut generated = 0usize;
+        let mut decode_steps = 0usize;
+        let mut stop = "max tokens";
+        while generated < a.max_tokens {
+            let next = sampler.sample(&mut last, &history).map_err(|e| e.to_string())?;
+            generated += 1;
+            history.push(next);
+            if Some(next) == eos {
+                stop = "end of sequence";
+                break;
+            }
+            // Incremental decode: emits text only once the bytes so far form whole UTF-8 characters.
+            if let Some(piece) = stream.step(next).map_err(|e| format!("decoding token {next}: {e}"))? {
+                stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()).map_err(|e| format!("stdout: {e}"))?;
+            }
+            if generated == a.max_tokens {
+                break;
+            }
+            last = model.forward(&[next], &mut cache).map_err(|e| e.to_string())?;
+            decode_steps += 1;
+        }
+        let decode_s = t_decode.elapsed().as_secs_f64();
+        let _ = writeln!(stdout);
+        let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { f64::INFINITY };
+        Ok(format!(
+            "model {} loaded in {load_s:.2}s\nprompt tokens: {}, generated tokens: {generated} (stopped at {stop})\n\
+prefill: {:.1} tokens/s ({} tokens in {prefill_s:.3}s)\ndecode: {:.1} tokens/s ({decode_steps} steps in {decode_s:.3}s, sampling included)",
+            path.display(),
+            prompt.len(),
+            rate(prompt.len(), prefill_s),
+            prompt.len(),
+            rate(decode_steps, decode_s),
+        ))
+    }
+
     pub fn main() -> ExitCode {
         let cli = Cli::parse();
         match cli.command {
+            Command::Run(args) => match run(&args) {
+                Ok(summary) => {
+                    eprintln!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("crucible run: error: {message}");
+                    ExitCode::FAILURE
+                }
+            },
             Command::Merge { recipe, out_dir, seed, out_shard_size, quiet } => match merge(&recipe, &out_dir, seed, out_shard_size, quiet) {
                 Ok(summary) => {
                     if !quiet {
