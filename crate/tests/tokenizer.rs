@@ -5,6 +5,8 @@
 //! Reference ids (facts in /work/shared/toolchain.md, from HF transformers / llama.cpp on the same
 //! vocabulary): `The capital of France is` → 504 3575 282 4649 314 (no BOS); greedy f32 decoding
 //! continues 7042 30 198 198 504 2988 314 42 = ` Paris.\n\nThe answer is:`.
+//! More ids: tests/fixtures/smollm2_tokenizer_ids.json, from HF transformers 5.23 reading the same
+//! GGUF's tokenizer (`gguf_file=`; its own conversion), by scripts/fixtures/smollm2_tokenizer_ids.py.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -47,6 +49,32 @@ fn smollm2_decodes_the_reference_continuation() {
     let ids = [7042, 30, 198, 198, 504, 2988, 314, 42];
     assert_eq!(tok().decode(&ids, true).unwrap(), " Paris.\n\nThe answer is:");
     assert_eq!(encode(" Paris.\n\nThe answer is:"), ids);
+}
+
+#[test]
+fn smollm2_ids_equal_transformers() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/smollm2_tokenizer_ids.json")).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 10);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(encode(text), want, "{text:?}");
+        assert_eq!(tok().decode(&want, false).unwrap(), text);
+    }
+}
+
+#[test]
+fn unsupported_pre_tokenizer_is_named() {
+    let mut g = gguf().clone();
+    for (k, v) in g.metadata.iter_mut() {
+        if k == "tokenizer.ggml.pre" {
+            *v = crucible::formats::gguf::MetaValue::String("llama-bpe".into());
+        }
+    }
+    let msg = tokenizer_from_gguf(&g).unwrap_err().to_string();
+    assert!(msg.contains("\"llama-bpe\"") && msg.contains("tokenizer.ggml.pre"), "{msg}");
 }
 
 #[test]

@@ -11,13 +11,22 @@
 //! GGUF `tokenizer.ggml.model == "gpt2"` stores the vocabulary already in GPT-2's byte-to-unicode
 //! alphabet (`Ġ` for a space, `Ċ` for a newline) and merges as `"a b"` strings, exactly as a
 //! `tokenizer.json` BPE model does, so the vocabulary and merges go to `tokenizers::models::bpe::BPE`
-//! unchanged. Pre-tokenizer and decoder are ByteLevel (no prefix space, GPT-2 regex).
+//! unchanged. Pre-tokenizer and decoder are ByteLevel (no prefix space, GPT-2 regex); the
+//! `tokenizer.ggml.pre` type picks what runs before it, as llama.cpp's `llm_tokenizer_bpe` does:
+//! absent / "default" / "gpt2": nothing; "smollm" and the other types llama.cpp groups with it
+//! (starcoder, refact, command-r, codeshell, exaone, minerva): every numeric character (`\p{N}`) split
+//! off on its own first. Any other pre type (llama3, qwen2, deepseek, …) uses a different regex and is
+//! refused with an error naming it rather than tokenized subtly wrong.
 //! Other tokenizer models (`llama` SentencePiece, `bert` WordPiece, `t5` Unigram, …) are refused
 //! with an error naming the model type.
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
@@ -38,11 +47,31 @@ pub enum TokenizerError {
     #[error("{file}: metadata key \"tokenizer.ggml.model\": tokenizer model {model:?} is not supported (supported: \"gpt2\" byte-level BPE)")]
     UnsupportedModel { file: String, model: String },
     /// Metadata that is present but inconsistent.
+    /// The GGUF pre-tokenizer type is one this build does not reproduce.
+    #[error("{file}: metadata key \"tokenizer.ggml.pre\": pre-tokenizer type {pre:?} is not supported (supported: default, gpt2, {})", PRE_DIGITS.join(", "))]
+    UnsupportedPre { file: String, pre: String },
     #[error("{file}: metadata key {key:?}: {message}")]
     Invalid { file: String, key: String, message: String },
     /// `tokenizers` refused the vocabulary, merges or JSON.
     #[error("{file}: {message}")]
     Build { file: String, message: String },
+}
+
+/// `tokenizer.ggml.pre` types whose llama.cpp regexes are `\p{N}` then the GPT-2 regex.
+pub const PRE_DIGITS: [&str; 7] = ["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"];
+
+/// The pre-tokenizer for a `tokenizer.ggml.pre` type (None: the key is absent).
+fn pre_tokenizer(g: &Gguf, pre: Option<&str>) -> Result<PreTokenizerWrapper, TokenizerError> {
+    let byte_level = ByteLevel::new(false, true, true);
+    match pre {
+        None | Some("default") | Some("gpt2") => Ok(byte_level.into()),
+        Some(p) if PRE_DIGITS.contains(&p) => {
+            let digits = Split::new(SplitPattern::Regex(r"\p{N}".into()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(|e| invalid(g, "tokenizer.ggml.pre", e.to_string()))?;
+            Ok(Sequence::new(vec![digits.into(), byte_level.into()]).into())
+        }
+        Some(p) => Err(TokenizerError::UnsupportedPre { file: g.file.clone(), pre: p.to_string() }),
+    }
 }
 
 /// Special token ids and flags read from GGUF metadata next to the tokenizer.
@@ -92,6 +121,11 @@ pub fn tokenizer_from_gguf(g: &Gguf) -> Result<Tokenizer, TokenizerError> {
     if model != "gpt2" {
         return Err(TokenizerError::UnsupportedModel { file: g.file.clone(), model: model.to_string() });
     }
+    let pre = match g.get("tokenizer.ggml.pre") {
+        None => None,
+        Some(_) => Some(g.get_str("tokenizer.ggml.pre")?),
+    };
+    let pre = pre_tokenizer(g, pre)?;
     let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
     let n = tokens.len();
     if n == 0 || n > u32::MAX as usize {
@@ -134,7 +168,7 @@ pub fn tokenizer_from_gguf(g: &Gguf) -> Result<Tokenizer, TokenizerError> {
         .build()
         .map_err(|e| TokenizerError::Build { file: g.file.clone(), message: format!("tokenizer.ggml.tokens / tokenizer.ggml.merges: {e}") })?;
     let mut tok = Tokenizer::new(bpe);
-    tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tok.with_pre_tokenizer(Some(pre));
     tok.with_decoder(Some(ByteLevelDecoder::new(false, true, true)));
 
     let mut added = Vec::new();
