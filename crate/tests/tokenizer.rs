@@ -75,6 +75,30 @@ fn unsupported_pre_tokenizer_is_named() {
     }
     let msg = tokenizer_from_gguf(&g).unwrap_err().to_string();
     assert!(msg.contains("\"llama-bpe\"") && msg.contains("tokenizer.ggml.pre"), "{msg}");
+    // The pre type matters for non-ASCII numerals (SmolLM2's vocabulary has no multi-digit ASCII
+    // tokens, so ASCII digits come out the same either way). llama.cpp's "smollm" regexes, like
+    // SmolLM2's own tokenizer.json (Digits individual_digits + ByteLevel), isolate every \p{N}
+    // character, so " ²" is a lone "Ġ" (216) then "²"; plain GPT-2 pre-tokenization, which is what
+    // transformers 5.23's GGUF conversion uses (its ids for this string are the `gpt2` ones below),
+    // keeps " ²" together (3351).
+    for (k, v) in g.metadata.iter_mut() {
+        if k == "tokenizer.ggml.pre" {
+            *v = crucible::formats::gguf::MetaValue::String("gpt2".into());
+        }
+    }
+    let gpt2 = tokenizer_from_gguf(&g).unwrap();
+    let text = "x ²³ ½ ①② ٣٤ 12";
+    assert_eq!(
+        gpt2.encode(text, true).unwrap().get_ids(),
+        [104, 3351, 127, 39050, 3351, 138, 4636, 235, 250, 173, 235, 111, 16936, 113, 164, 114, 216, 33, 34]
+    );
+    let ours = encode(text);
+    assert_eq!(&ours[..2], [104, 216]);
+    assert_eq!(ours.iter().filter(|&&i| i == 216).count(), 5, "{ours:?}"); // each of the 5 spaces (all before numerals) stands alone
+    assert_eq!(tok().decode(&ours, false).unwrap(), text);
+    for text in ["numbers 1234567", " 2026", "a1b22c333"] {
+        assert_eq!(gpt2.encode(text, true).unwrap().get_ids(), encode(text));
+    }
 }
 
 #[test]
