@@ -13,7 +13,7 @@
 
 use crate::gpu::{GpuContext, GpuError};
 
-use super::{GpuResultExt, OpError, encode_pass};
+use super::{GpuResultExt, OpError, record};
 
 pub const KERNEL: &str = "matmul";
 pub const WGSL: &str = include_str!("../../../shaders/matmul.wgsl");
@@ -115,15 +115,7 @@ pub fn encode(
             },
         });
     }
-    let pipeline = ctx.pipeline(KERNEL, WGSL).op(KERNEL)?;
-    let meta_buf = ctx.meta_uniform("matmul.meta", meta);
-    let bind = ctx.bind_group(
-        "matmul.bind",
-        &pipeline,
-        &[meta_buf.as_entire_buffer_binding(), a, b, c],
-    );
-    encode_pass(enc, KERNEL, &pipeline, &bind, (gx as u32, gy as u32));
-    Ok(())
+    record(ctx, enc, KERNEL, WGSL, meta, &[a, b, c], (gx as u32, gy as u32))
 }
 
 /// C = A · Bᵀ on the GPU (upload, one dispatch, readback).

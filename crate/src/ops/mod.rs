@@ -44,19 +44,30 @@ impl<T> GpuResultExt<T> for Result<T, GpuError> {
     }
 }
 
-/// Records one compute pass: `pipeline` with `bind_group` at group 0 over an (x, y) grid.
-pub(crate) fn encode_pass(
+/// Records one dispatch of `kernel` into `encoder` (nothing is submitted): the cached pipeline,
+/// `meta` as a uniform at binding 0, then `buffers` at bindings 1.., over an (x, y) grid.
+/// Every op's `encode` ends here, so labels follow one scheme: `KERNEL.meta`, `KERNEL.bind`.
+pub(crate) fn record<M: bytemuck::Pod>(
+    ctx: &crate::gpu::GpuContext,
     encoder: &mut wgpu::CommandEncoder,
-    label: &str,
-    pipeline: &wgpu::ComputePipeline,
-    bind_group: &wgpu::BindGroup,
+    kernel: &'static str,
+    wgsl: &str,
+    meta: &M,
+    buffers: &[wgpu::BufferBinding<'_>],
     grid: (u32, u32),
-) {
+) -> Result<(), OpError> {
+    let pipeline = ctx.pipeline(kernel, wgsl).op(kernel)?;
+    let meta_buf = ctx.meta_uniform(&format!("{kernel}.meta"), meta);
+    let mut bindings = Vec::with_capacity(buffers.len() + 1);
+    bindings.push(meta_buf.as_entire_buffer_binding());
+    bindings.extend(buffers.iter().cloned());
+    let bind = ctx.bind_group(&format!("{kernel}.bind"), &pipeline, &bindings);
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-        label: Some(label),
+        label: Some(kernel),
         timestamp_writes: None,
     });
-    pass.set_pipeline(pipeline);
-    pass.set_bind_group(0, bind_group, &[]);
+    pass.set_pipeline(&pipeline);
+    pass.set_bind_group(0, &bind, &[]);
     pass.dispatch_workgroups(grid.0, grid.1, 1);
+    Ok(())
 }

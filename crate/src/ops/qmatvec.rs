@@ -21,7 +21,7 @@
 use crate::gpu::GpuContext;
 use crate::tensor::quant::{BlockFormat, QK, SplitBlocks};
 
-use super::{GpuResultExt, OpError, encode_pass};
+use super::{GpuResultExt, OpError, record};
 
 pub const KERNEL: &str = "qmatvec";
 pub const WGSL: &str = include_str!("../../../shaders/qmatvec.wgsl");
@@ -216,18 +216,10 @@ pub fn encode(
             ),
         ));
     }
-    let pipeline = ctx.pipeline(KERNEL, WGSL).op(KERNEL)?;
-    let meta_buf = ctx.meta_uniform("qmatvec.meta", meta);
-    let bind = ctx.bind_group(
-        "qmatvec.bind",
-        &pipeline,
-        &[meta_buf.as_entire_buffer_binding(), scales, mins, qs, x, y],
-    );
     let grid = ctx
         .grid(KERNEL, (meta.rows as u64).div_ceil(ROWS_PER_GROUP as u64))
         .op(KERNEL)?;
-    encode_pass(enc, KERNEL, &pipeline, &bind, grid);
-    Ok(())
+    record(ctx, enc, KERNEL, WGSL, meta, &[scales, mins, qs, x, y], grid)
 }
 
 /// y = W · x on the GPU: uploads x once and W chunk by chunk (rows), dispatches, reads back.

@@ -10,7 +10,7 @@
 
 use crate::gpu::GpuContext;
 
-use super::{GpuResultExt, OpError, encode_pass};
+use super::{GpuResultExt, OpError, record};
 
 pub const KERNEL: &str = "rmsnorm";
 pub const WGSL: &str = include_str!("../../../shaders/rmsnorm.wgsl");
@@ -90,16 +90,8 @@ pub fn encode(
     if meta.d == 0 {
         return Err(OpError::shape(KERNEL, "row length d = 0"));
     }
-    let pipeline = ctx.pipeline(KERNEL, WGSL).op(KERNEL)?;
-    let meta_buf = ctx.meta_uniform("rmsnorm.meta", meta);
-    let bind = ctx.bind_group(
-        "rmsnorm.bind",
-        &pipeline,
-        &[meta_buf.as_entire_buffer_binding(), x, w, y],
-    );
     let grid = ctx.grid(KERNEL, meta.rows as u64).op(KERNEL)?;
-    encode_pass(enc, KERNEL, &pipeline, &bind, grid);
-    Ok(())
+    record(ctx, enc, KERNEL, WGSL, meta, &[x, w, y], grid)
 }
 
 /// RMSNorm on the GPU. x: (T, d), w: (d) → y: (T, d).

@@ -16,7 +16,7 @@
 
 use crate::gpu::GpuContext;
 
-use super::{GpuResultExt, OpError, encode_pass};
+use super::{GpuResultExt, OpError, record};
 
 pub const KERNEL: &str = "weighted_sum";
 pub const WGSL: &str = include_str!("../../../shaders/weighted_sum.wgsl");
@@ -137,18 +137,10 @@ pub fn encode(
             ),
         ));
     }
-    let pipeline = ctx.pipeline(KERNEL, WGSL).op(KERNEL)?;
-    let meta_buf = ctx.meta_uniform("weighted_sum.meta", meta);
-    let bind = ctx.bind_group(
-        "weighted_sum.bind",
-        &pipeline,
-        &[meta_buf.as_entire_buffer_binding(), w, x, out],
-    );
     let grid = ctx
         .grid(KERNEL, (meta.n as u64).div_ceil(WORKGROUP_SIZE as u64))
         .op(KERNEL)?;
-    encode_pass(enc, KERNEL, &pipeline, &bind, grid);
-    Ok(())
+    record(ctx, enc, KERNEL, WGSL, meta, &[w, x, out], grid)
 }
 
 /// Runs the weighted sum on the GPU: uploads each chunk of the M inputs, dispatches, reads back.
