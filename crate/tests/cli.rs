@@ -356,7 +356,7 @@ fn a_cancelled_merge_leaves_no_file() {
         let calls = std::cell::Cell::new(0usize);
         let mut progress = |_: &crucible::merge::run::Progress| calls.set(calls.get() + 1);
         let cancelled = || calls.get() >= 5;
-        let mut opts = MergeOptions { seed: 0, out_shard_size: shard_size, progress: Some(&mut progress), cancelled: Some(&cancelled) };
+        let mut opts = MergeOptions { seed: 0, out_shard_size: shard_size, progress: Some(&mut progress), cancelled: Some(&cancelled), observer: None };
         let root = d.clone();
         let mut open = |m: &str| -> Result<Box<dyn ModelFiles>, crucible::formats::IoError> { Ok(Box::new(DirFiles::new(root.join(m)))) };
         let e = run_merge(&recipe, &mut open, &mut DirOutput::new(&out), &mut opts).unwrap_err();

@@ -329,7 +329,7 @@ fn run_case(case: &Value, out_root: &Path) -> (CaseStats, Vec<String>) {
         Ok(Box::new(DirFiles::new(dir)))
     };
     let result = {
-        let mut opts = MergeOptions { seed: 42, out_shard_size: case["out_shard_size"].as_u64(), progress: None, cancelled: None };
+        let mut opts = MergeOptions { seed: 42, out_shard_size: case["out_shard_size"].as_u64(), progress: None, cancelled: None, observer: None };
         match masks.as_mut() {
             Some(m) => run_merge_with(&recipe, &mut open_model, &mut out, &mut opts, m),
             None => run_merge(&recipe, &mut open_model, &mut out, &mut opts),

@@ -186,7 +186,7 @@ fn merge_of_browser_files_equals_the_in_memory_merge() {
     let reference: Rc<RefCell<BTreeMap<String, Vec<u8>>>> = Rc::default();
     let recipe = Recipe::from_yaml(RECIPE).unwrap();
     let mut open = |n: &str| -> Result<Box<dyn ModelFiles>, IoError> { Ok(Box::new(models.get(n).cloned().ok_or_else(|| IoError::new(n, "unknown"))?)) };
-    let mut opts = MergeOptions { seed: 7, out_shard_size: None, progress: None, cancelled: None };
+    let mut opts = MergeOptions { seed: 7, out_shard_size: None, progress: None, cancelled: None, observer: None };
     run_merge(&recipe, &mut open, &mut MemOut(reference.clone()), &mut opts).unwrap();
     let reference = reference.borrow().clone();
     assert_eq!(out.keys().collect::<Vec<_>>(), reference.keys().collect::<Vec<_>>());

@@ -194,7 +194,7 @@ Sampling defaults to HF transformers' (temperature 1, top-k 50); --greedy takes 
             }
             last_pct = pct;
         };
-        let mut opts = MergeOptions { seed, out_shard_size, progress: Some(&mut on_progress), cancelled: None };
+        let mut opts = MergeOptions { seed, out_shard_size, progress: Some(&mut on_progress), cancelled: None, observer: None };
         let result = run_merge(&recipe, &mut open_model, &mut out, &mut opts);
         if tty && !quiet {
             eprint!("\r\x1b[2K");

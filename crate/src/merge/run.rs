@@ -23,7 +23,7 @@ use crate::formats::io::{ByteSink, IoError};
 use crate::formats::safetensors::FormatError;
 use crate::formats::sharded::{DEFAULT_SHARD_SIZE, ShardedLayout, ShardedWriter};
 use crate::merge::methods::merge_tensor;
-use crate::merge::plan::{ModelSummary, Plan, PlanError, TensorMeta, build_plan};
+use crate::merge::plan::{ModelSummary, Plan, PlanError, PlannedTensor, TensorMeta, build_plan};
 use crate::merge::recipe::{Recipe, RecipeError, TokenizerSource};
 use crate::merge::rng::{Randomness, SeededRandomness};
 use crate::merge::{MergeError, MergeInputs, ModelTensor};
@@ -38,6 +38,20 @@ pub struct MergeOptions<'a> {
     pub progress: Option<&'a mut dyn FnMut(&Progress)>,
     /// Polled between tensors; `true` stops the merge with `RunError::Cancelled`.
     pub cancelled: Option<&'a dyn Fn() -> bool>,
+    /// Sees every merged tensor (or chunk of one) with its inputs: the "what the merge did"
+    /// statistics (`merge::stats`) are computed here while streaming, at no extra read.
+    pub observer: Option<&'a mut dyn MergeObserver>,
+}
+
+/// Watches a merge tensor by tensor. For a tensor merged in element chunks, `observe` is called
+/// once per chunk (`offset` = index of the chunk's first element in the flattened tensor;
+/// `inputs.models[i].data` and `merged` are the chunk's values), then `tensor_done` once.
+pub trait MergeObserver {
+    /// `inputs` are the values the method saw (already cast to the load dtype); `merged` is what it
+    /// returned (before encoding to the output dtype).
+    fn observe(&mut self, t: &PlannedTensor, inputs: &MergeInputs, merged: &[f32], offset: usize);
+    /// All of `t` has been observed and written.
+    fn tensor_done(&mut self, t: &PlannedTensor);
 }
 
 /// Where a running merge is.
@@ -336,7 +350,13 @@ pub fn run_merge_with(
         if merged.len() != t.numel() {
             return Err(RunError::Invalid(format!("tensor {}: method {} returned {} values for shape {:?}", t.name, t.method.name(), merged.len(), t.shape)));
         }
+        if let Some(o) = opts.observer.as_mut() {
+            o.observe(t, &inputs, &merged, 0);
+        }
         writer.write_tensor(&t.name, &merged).map_err(|source| RunError::Write { tensor: t.name.clone(), source })?;
+        if let Some(o) = opts.observer.as_mut() {
+            o.tensor_done(t);
+        }
         done_bytes += t.out_bytes();
         if let Some(p) = opts.progress.as_mut() {
             p(&Progress { done_tensors: done + 1, total_tensors, done_bytes, total_bytes, tensor: t.name.clone() });

@@ -148,7 +148,7 @@ pub fn merge(
         let _ = on_progress.call1(&JsValue::NULL, &o);
     };
     let mut out = JsOutputDir { on_output: on_output.clone() };
-    let mut opts = MergeOptions { seed, out_shard_size, progress: Some(&mut on_progress_cb), cancelled: None };
+    let mut opts = MergeOptions { seed, out_shard_size, progress: Some(&mut on_progress_cb), cancelled: None, observer: None };
     let report = run_merge(&recipe, &mut open_model, &mut out, &mut opts).map_err(|e| JsError::new(&e.to_string()))?;
     Ok(serde_json::json!({
         "files": report.files,
