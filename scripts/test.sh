@@ -2,7 +2,8 @@
 # `npm test`: set up (Debian packages included), then run every test in order:
 #   1. native Rust tests            cargo test --workspace
 #   2. wasm tests in headless Chromium (wasm-bindgen-test-runner + ChromeDriver)
-#   3. the built page's end-to-end tests (Playwright driving /usr/bin/chromium)
+#   3. unit tests of the page's pure modules in node (tests/unit/*.test.mjs)
+#   4. the built page's end-to-end tests (Playwright driving /usr/bin/chromium)
 # Every stage runs even if an earlier one failed; the exit status is non-zero if any failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +43,8 @@ build_page() {
 }
 stage "build: wasm + page (dist/)" build_page
 stage "typecheck: the page's TypeScript (tsc --noEmit)" node_modules/.bin/tsc --noEmit -p tsconfig.json
+# Unit tests of the page's pure modules (web/src/share.ts, ...), in node without a browser.
+stage "unit tests: the page's pure modules (node --test tests/unit)" node --test tests/unit/*.test.mjs
 stage "build: native CLI (${CARGO_TARGET_DIR:-target}/debug/crucible)" cargo build -p crucible --bin crucible
 stage "end-to-end tests (Playwright + Chromium)" node tests/e2e/run.mjs
 
