@@ -8,6 +8,7 @@ import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -19,18 +20,20 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 let out;
 let S; // web/src/share.ts
 let Y; // web/src/yaml.ts
+let H; // web/src/sha256.ts
 
 before(() => {
   out = mkdtempSync(join(tmpdir(), 'crucible-share-unit-'));
   execFileSync(
     join(ROOT, 'node_modules/.bin/tsc'),
-    ['--ignoreConfig', join(ROOT, 'web/src/share.ts'), '--outDir', out, '--module', 'commonjs', '--target', 'es2022', '--lib', 'es2022,dom', '--strict', '--skipLibCheck'],
+    ['--ignoreConfig', join(ROOT, 'web/src/share.ts'), join(ROOT, 'web/src/sha256.ts'), '--outDir', out, '--module', 'commonjs', '--target', 'es2022', '--lib', 'es2022,dom', '--strict', '--skipLibCheck'],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   writeFileSync(join(out, 'package.json'), '{"type":"commonjs"}');
   const require = createRequire(join(out, 'x.js'));
   S = require('./share.js');
   Y = require('./yaml.js');
+  H = require('./sha256.js');
 });
 after(() => out && rmSync(out, { recursive: true, force: true }));
 
@@ -269,9 +272,11 @@ describe('share schema: what a link may not be', () => {
   it('bad revision strings and repo ids', async () => {
     for (const rev of ['../main', 'main branch', '-rf', 'a..b', 'refs//x', 'x/', '', 'a;rm', 'x'.repeat(129), 'main\n'])
       await expectError(fragmentOf({ ...good(), m: [{ n: 'a', h: 'owner/name', r: rev }] }), 'models[0].revision', /is not a revision/);
+    for (const repo of ['gpt2', 'HuggingFaceTB/SmolLM2-135M', 'a.b_c/d-e'])
+      assert.equal((await S.decodeFragment(fragmentOf({ ...good(), m: [{ n: 'a', h: repo, r: 'main' }] }))).ok, true, repo);
     for (const rev of ['main', 'v1.0', 'refs/pr/1', '0123456789abcdef0123456789abcdef01234567'])
       assert.equal((await S.decodeFragment(fragmentOf({ ...good(), m: [{ n: 'a', h: 'owner/name', r: rev }] }))).ok, true, rev);
-    for (const repo of ['noslash', 'a/b/c', '../x', 'owner/..', 'https://evil.example/x', 'owner/name.git', '/x'])
+    for (const repo of ['a/b/c', 'x'.repeat(97), 'a--b/c', '../x', 'owner/..', 'https://evil.example/x', 'owner/name.git', '/x'])
       await expectError(fragmentOf({ ...good(), m: [{ n: 'a', h: repo, r: 'main' }] }), 'models[0].repo', /not a Hugging Face repo id/);
   });
 
@@ -286,5 +291,38 @@ describe('share schema: what a link may not be', () => {
       assert.equal(typeof r.ok, 'boolean', f);
       if (!r.ok) assert.match(r.message, /^This link is not valid: /);
     }
+  });
+});
+
+describe('sha256 of local files (web/src/sha256.ts)', () => {
+  const ref = (b) => createHash('sha256').update(b).digest('hex');
+
+  it('the incremental SHA-256 equals node crypto at every padding boundary and split', () => {
+    for (const n of [0, 1, 3, 55, 56, 57, 63, 64, 65, 119, 120, 127, 128, 1000, 65537]) {
+      const b = randomBytes(n);
+      assert.equal(new H.Sha256().update(b).hex(), ref(b), `${n} bytes`);
+      // The same bytes fed in uneven pieces.
+      const h = new H.Sha256();
+      for (let p = 0, k = 1; p < n; p += k, k = (k * 7) % 97 + 1) h.update(b.subarray(p, Math.min(n, p + k)));
+      assert.equal(h.hex(), ref(b), `${n} bytes in pieces`);
+    }
+    assert.equal(new H.Sha256().update(Buffer.from('abc')).hex(), 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad'); // FIPS 180-4 example
+  });
+
+  it('sha256Blob: one-shot (WebCrypto) and chunked paths agree, with progress to the end', async () => {
+    const b = randomBytes(1_000_003);
+    const blob = new Blob([b]);
+    assert.equal(await H.sha256Blob(blob), ref(b));
+    const seen = [];
+    assert.equal(await H.sha256Blob(blob, (d, t) => seen.push([d, t]), undefined, 10, 65536), ref(b));
+    assert.equal(seen.length, Math.ceil(b.length / 65536));
+    assert.deepEqual(seen.at(-1), [b.length, b.length]);
+    assert.ok(seen.every(([d], i) => i === 0 || d > seen[i - 1][0]));
+  });
+
+  it('sha256Blob stops when cancelled', async () => {
+    const ac = new AbortController();
+    const blob = new Blob([randomBytes(300_000)]);
+    await assert.rejects(H.sha256Blob(blob, (d) => d >= 100_000 && ac.abort(new Error('cancelled by the test')), ac.signal, 10, 50_000), /cancelled by the test/);
   });
 });

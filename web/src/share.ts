@@ -156,10 +156,10 @@ export function checkModelName(v: unknown, field: string): string {
   return s;
 }
 
-/** A Hugging Face repo id: `owner/name` (letters, digits, `-`, `_`, `.`; at most 96 characters per part). */
+/** A Hugging Face repo id: `name` or `owner/name` (letters, digits, `-`, `_`, `.`; at most 96 characters; huggingface_hub's validate_repo_id). */
 export function checkRepo(v: unknown, field: string): string {
   const s = str(v, field, 200);
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,95}\/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$/.test(s) || s.includes('..') || s.endsWith('.git'))
+  if (s.length > 96 || !/^[A-Za-z0-9][A-Za-z0-9._-]*(\/[A-Za-z0-9][A-Za-z0-9._-]*)?$/.test(s) || s.includes('..') || s.includes('--') || s.endsWith('.git'))
     fail(field, `${show(s)} is not a Hugging Face repo id (owner/name: letters, digits, - _ .)`);
   return s;
 }
