@@ -11,6 +11,7 @@ pub mod plan;
 pub mod recipe;
 pub mod rng;
 pub mod run;
+pub mod stats;
 
 pub use params::{Params, Scalar};
 

@@ -22,7 +22,7 @@ use crate::formats::checkpoint::{Checkpoint, ModelFiles, OutputDir};
 use crate::formats::io::{ByteSink, IoError};
 use crate::formats::safetensors::FormatError;
 use crate::formats::sharded::{DEFAULT_SHARD_SIZE, ShardedLayout, ShardedWriter};
-use crate::merge::methods::merge_tensor;
+use crate::merge::methods::{MethodReport, merge_tensor_report};
 use crate::merge::plan::{ModelSummary, Plan, PlanError, PlannedTensor, TensorMeta, build_plan};
 use crate::merge::recipe::{Recipe, RecipeError, TokenizerSource};
 use crate::merge::rng::{Randomness, SeededRandomness};
@@ -52,6 +52,9 @@ pub trait MergeObserver {
     fn observe(&mut self, t: &PlannedTensor, inputs: &MergeInputs, merged: &[f32], offset: usize);
     /// All of `t` has been observed and written.
     fn tensor_done(&mut self, t: &PlannedTensor);
+    /// What the method reported for the values just passed to `observe` (trimmed / elected-away
+    /// counts, SLERP angle): called after each `observe`. Counts add up over chunks.
+    fn method_report(&mut self, _t: &PlannedTensor, _report: &MethodReport) {}
 }
 
 /// Where a running merge is.
@@ -346,12 +349,13 @@ pub fn run_merge_with(
             base: t.base,
             global: &t.global,
         };
-        let merged = merge_tensor(t.method, &inputs, rng)?;
+        let (merged, method_report) = merge_tensor_report(t.method, &inputs, rng)?;
         if merged.len() != t.numel() {
             return Err(RunError::Invalid(format!("tensor {}: method {} returned {} values for shape {:?}", t.name, t.method.name(), merged.len(), t.shape)));
         }
         if let Some(o) = opts.observer.as_mut() {
             o.observe(t, &inputs, &merged, 0);
+            o.method_report(t, &method_report);
         }
         writer.write_tensor(&t.name, &merged).map_err(|source| RunError::Write { tensor: t.name.clone(), source })?;
         if let Some(o) = opts.observer.as_mut() {

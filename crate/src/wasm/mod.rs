@@ -102,7 +102,9 @@ pub fn parse_recipe(yaml: &str) -> Result<String, JsError> {
 /// - `out_shard_size`: tensor bytes per output file, like the CLI's `--out-shard-size` (`"500M"`,
 ///   `"5B"`: K/M/B = thousand/million/billion; `"0"` never shards), or `undefined`/`""` for
 ///   mergekit's default.
-/// - `on_progress({done_tensors, total_tensors, done_bytes, total_bytes, tensor})` after each tensor.
+/// - `on_progress({done_tensors, total_tensors, done_bytes, total_bytes, tensor, stats})` after each
+///   tensor; `stats`: the `merge::stats::StatsRow`s finished since the previous call (JSON objects).
+///   The returned summary has `stats` (all rows) and `stats_csv` (the CLI's `--stats` CSV).
 /// - `on_output(kind, file, chunk)`: `kind` is `"create"`, `"chunk"` (with a `Uint8Array` that JS
 ///   owns), `"finish"` (the file is complete) or `"abort"` (an error: discard the file).
 ///
@@ -138,8 +140,21 @@ pub fn merge(
         }
     };
 
+    // "What the merge did" (merge::stats): each progress event carries the rows finished since
+    // the previous one (`stats`: array of StatsRow objects); the report carries all rows and
+    // their CSV (the bytes `crucible merge --stats` writes).
+    let stats = std::rc::Rc::new(std::cell::RefCell::new(crate::merge::stats::StatsCollector::new()));
+    let mut stats_observer = stats.clone();
+    let mut stats_sent = 0usize;
     let mut on_progress_cb = |p: &Progress| {
         let o = Object::new();
+        {
+            let st = stats.borrow();
+            let new_rows = &st.rows()[stats_sent.min(st.rows().len())..];
+            stats_sent = st.rows().len();
+            let rows = serde_json::to_string(new_rows).ok().and_then(|j| js_sys::JSON::parse(&j).ok()).unwrap_or_else(|| Array::new().into());
+            let _ = Reflect::set(&o, &"stats".into(), &rows);
+        }
         let _ = Reflect::set(&o, &"done_tensors".into(), &(p.done_tensors as f64).into());
         let _ = Reflect::set(&o, &"total_tensors".into(), &(p.total_tensors as f64).into());
         let _ = Reflect::set(&o, &"done_bytes".into(), &(p.done_bytes as f64).into());
@@ -148,13 +163,15 @@ pub fn merge(
         let _ = on_progress.call1(&JsValue::NULL, &o);
     };
     let mut out = JsOutputDir { on_output: on_output.clone() };
-    let mut opts = MergeOptions { seed, out_shard_size, progress: Some(&mut on_progress_cb), cancelled: None, observer: None };
+    let mut opts = MergeOptions { seed, out_shard_size, progress: Some(&mut on_progress_cb), cancelled: None, observer: Some(&mut stats_observer) };
     let report = run_merge(&recipe, &mut open_model, &mut out, &mut opts).map_err(|e| JsError::new(&e.to_string()))?;
     Ok(serde_json::json!({
         "files": report.files,
         "tensors": report.tensors,
         "parameters": report.parameters,
         "bytes_written": report.bytes_written,
+        "stats": stats.borrow().rows(),
+        "stats_csv": stats.borrow().to_csv(),
     })
     .to_string())
 }

@@ -304,11 +304,55 @@ impl Method {
 /// Random methods (dare_*, della*) draw their keep masks from `rng`, keyed by
 /// (tensor name, index of the model in `inputs.models`).
 pub fn merge_tensor(method: Method, inputs: &MergeInputs, rng: &mut dyn Randomness) -> Result<Vec<f32>, MergeError> {
+    merge_tensor_report(method, inputs, rng).map(|(out, _)| out)
+}
+
+/// A count of entries: `part` of `whole` (e.g. trimmed entries of the non-zero task-vector
+/// entries). Counts add up over the chunks of a tensor merged in element chunks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Fraction {
+    pub part: u64,
+    pub whole: u64,
+}
+
+impl Fraction {
+    pub fn add(&mut self, other: Fraction) {
+        self.part += other.part;
+        self.whole += other.whole;
+    }
+    /// `part / whole`, `None` when `whole` is 0.
+    pub fn value(self) -> Option<f64> {
+        (self.whole > 0).then(|| self.part as f64 / self.whole as f64)
+    }
+}
+
+/// What a method did to one tensor besides its output: the side channel of the "what the
+/// merge did" statistics (`merge::stats`). Never changes the merged values.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MethodReport {
+    /// Sparsifying methods (ties, dare_*, breadcrumbs*, della*, sce with `select_topk` < 1):
+    /// task-vector entries (all non-base models together) that were non-zero before the
+    /// method's trim/drop step and zero after it, of the non-zero entries before it.
+    pub trimmed: Option<Fraction>,
+    /// Sign-electing methods (ties, dare_ties, breadcrumbs_ties, della, sce): non-zero
+    /// (sparsified, weighted) task-vector entries whose sign disagreed with the elected sign
+    /// and were left out of the sum, of all non-zero entries entering the election.
+    pub elected_away: Option<Fraction>,
+    /// slerp / nuslerp: Σ θ over the vectors the method interpolated (radians, θ = acos of the
+    /// clamped cosine as the method computed it, also where it fell back to lerp) and their
+    /// count: one for the whole tensor, one per line for nuslerp without `nuslerp_flatten`.
+    pub slerp_angle: Option<(f64, u64)>,
+}
+
+/// `merge_tensor`, also returning what the method reports about what it did (`MethodReport`).
+/// The merged values are exactly those of `merge_tensor`.
+pub fn merge_tensor_report(method: Method, inputs: &MergeInputs, rng: &mut dyn Randomness) -> Result<(Vec<f32>, MethodReport), MergeError> {
     let ctx = Ctx::new(method, inputs)?;
+    let mut report = MethodReport::default();
     let mut out = match method {
         Method::Linear => linear::merge(&ctx)?,
-        Method::Slerp => slerp::merge(&ctx)?,
-        Method::Nuslerp => nuslerp::merge(&ctx)?,
+        Method::Slerp => slerp::merge(&ctx, &mut report)?,
+        Method::Nuslerp => nuslerp::merge(&ctx, &mut report)?,
         Method::Multislerp => multislerp::merge(&ctx)?,
         Method::Karcher => karcher::merge(&ctx)?,
         Method::TaskArithmetic
@@ -318,10 +362,10 @@ pub fn merge_tensor(method: Method, inputs: &MergeInputs, rng: &mut dyn Randomne
         | Method::Breadcrumbs
         | Method::BreadcrumbsTies
         | Method::Della
-        | Method::DellaLinear => task_arithmetic::merge(&ctx, rng)?,
+        | Method::DellaLinear => task_arithmetic::merge(&ctx, rng, &mut report)?,
         Method::ModelStock => model_stock::merge(&ctx)?,
         Method::Nearswap => nearswap::merge(&ctx)?,
-        Method::Sce => sce::merge(&ctx)?,
+        Method::Sce => sce::merge(&ctx, &mut report)?,
         Method::ArceeFusion => arcee_fusion::merge(&ctx)?,
         Method::Passthrough => passthrough::merge(&ctx)?,
     };
@@ -333,7 +377,7 @@ pub fn merge_tensor(method: Method, inputs: &MergeInputs, rng: &mut dyn Randomne
             *v = ctx.dt.round(*v);
         }
     }
-    Ok(out)
+    Ok((out, report))
 }
 
 /// One tensor's inputs, validated against the method's contract, with parameter lookup.

@@ -16,10 +16,10 @@
 //!
 //! Shapes: inputs `[*shape]` → `[*shape]`.
 
-use super::{Ctx, Line, for_each_line, norm_f32, sum_f32};
+use super::{Ctx, Line, MethodReport, for_each_line, norm_f32, sum_f32};
 use crate::merge::MergeError;
 
-pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
+pub(super) fn merge(ctx: &Ctx, report: &mut MethodReport) -> Result<Vec<f32>, MergeError> {
     let flatten = ctx.global_bool("nuslerp_flatten")?;
     let row_wise = ctx.global_bool("nuslerp_row_wise")?;
     let (i0, i1) = (ctx.others[0], ctx.others[1]);
@@ -38,12 +38,18 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
     }
     let shape = ctx.inputs.shape;
     let mut out = vec![0.0f32; ctx.numel];
+    let (mut angle_sum, mut lines) = (0.0f64, 0u64);
     if flatten || shape.len() <= 1 {
-        nuslerp_line(ctx, t, &v0, &v1, Line::whole(ctx.numel), &mut out);
+        angle_sum += nuslerp_line(ctx, t, &v0, &v1, Line::whole(ctx.numel), &mut out) as f64;
+        lines += 1;
     } else {
         let axis = if row_wise { 0 } else { shape.len() - 1 };
-        for_each_line(shape, axis, |line| nuslerp_line(ctx, t, &v0, &v1, line, &mut out));
+        for_each_line(shape, axis, |line| {
+            angle_sum += nuslerp_line(ctx, t, &v0, &v1, line, &mut out) as f64;
+            lines += 1;
+        });
     }
+    report.slerp_angle = Some((angle_sum, lines));
     if let Some(b) = base {
         for j in 0..ctx.numel {
             out[j] = ctx.r(b[j] + out[j]);
@@ -53,7 +59,9 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
 }
 
 /// NuSLERP of the elements of `line` in `v0` and `v1`, written to the same elements of `out`.
-fn nuslerp_line(ctx: &Ctx, t: f64, v0: &[f32], v1: &[f32], line: Line, out: &mut [f32]) {
+/// Returns the angle θ between the two lines (acos of the clamped cosine, rounded to the dtype
+/// as the method computes it; also when it falls back to lerp).
+fn nuslerp_line(ctx: &Ctx, t: f64, v0: &[f32], v1: &[f32], line: Line, out: &mut [f32]) -> f32 {
     let dt = ctx.dt;
     let n0 = dt.round(norm_f32(line.iter().map(|j| v0[j]))).max(dt.round(1e-7));
     let n1 = dt.round(norm_f32(line.iter().map(|j| v1[j]))).max(dt.round(1e-7));
@@ -61,12 +69,12 @@ fn nuslerp_line(ctx: &Ctx, t: f64, v0: &[f32], v1: &[f32], line: Line, out: &mut
     let colinear = dt.round(1.0 - dt.round(cos * cos)) <= (1e-8f64 * 1e-8) as f32;
     let one_minus_t = (1.0 - t) as f32;
     let tf = t as f32;
+    let theta = dt.round(libm::acosf(cos));
     if colinear {
         for j in line.iter() {
             out[j] = dt.round(dt.round(one_minus_t * v0[j]) + dt.round(tf * v1[j]));
         }
     } else {
-        let theta = dt.round(libm::acosf(cos));
         let sin_theta = dt.round(libm::sinf(theta));
         let s0 = dt.round(libm::sinf(dt.round(one_minus_t * theta)));
         let s1 = dt.round(libm::sinf(dt.round(tf * theta)));
@@ -74,6 +82,7 @@ fn nuslerp_line(ctx: &Ctx, t: f64, v0: &[f32], v1: &[f32], line: Line, out: &mut
             out[j] = dt.round(dt.round(dt.round(s0 * v0[j]) + dt.round(s1 * v1[j])) / sin_theta);
         }
     }
+    theta
 }
 
 #[cfg(test)]

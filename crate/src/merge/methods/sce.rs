@@ -19,10 +19,10 @@
 //!
 //! Deviation: `torch.topk` order among equal |v| is unspecified; we keep the lowest indices.
 
-use super::{Ctx, sum_f32};
+use super::{Ctx, Fraction, MethodReport, sum_f32};
 use crate::merge::MergeError;
 
-pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
+pub(super) fn merge(ctx: &Ctx, report: &mut MethodReport) -> Result<Vec<f32>, MergeError> {
     let _int8_mask = ctx.global_bool("int8_mask")?;
     let select_topk = ctx.global_f64("select_topk")?;
     let base = ctx.base_data().expect("sce requires a base (checked by Ctx)");
@@ -55,11 +55,16 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
             }
             keep
         };
+        let mut trimmed = Fraction::default();
         for t in tvs.iter_mut() {
             for (v, &m) in t.iter_mut().zip(&mask) {
+                let nz = (*v != 0.0) as u64;
                 *v *= if m { 1.0 } else { 0.0 };
+                trimmed.whole += nz;
+                trimmed.part += nz & (*v == 0.0) as u64;
             }
         }
+        report.trimmed = Some(trimmed);
     }
 
     // matrix-level weights: mean of squares per model, normalized by their (f32 → Python) sum
@@ -75,6 +80,7 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
 
     let floor = dt.round(1e-6);
     let mut out = vec![0.0f32; n];
+    let mut elected = Fraction::default();
     for j in 0..n {
         let s = dt.round(tvs.iter().fold(0.0f32, |a, t| a + t[j]));
         let majority = if s >= 0.0 { 1.0f32 } else { -1.0 };
@@ -84,6 +90,8 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
             let v = t[j];
             let sg = if v > 0.0 { 1.0 } else if v < 0.0 { -1.0 } else { 0.0 };
             let ew = w * if sg == majority { 1.0 } else { 0.0 };
+            elected.whole += (v != 0.0) as u64;
+            elected.part += (v != 0.0 && sg != majority) as u64;
             merged += dt.round(v * ew);
             denom += ew;
         }
@@ -92,6 +100,7 @@ pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
         let denom = if denom < floor { floor } else { denom };
         out[j] = dt.round(base[j] + dt.round(merged / denom));
     }
+    report.elected_away = Some(elected);
     Ok(out)
 }
 

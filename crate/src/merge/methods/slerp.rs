@@ -13,18 +13,22 @@
 //!
 //! Shapes: base `[*shape]`, other `[*shape]` → `[*shape]`.
 
-use super::{Ctx, norm_f32, sum_f32};
+use super::{Ctx, MethodReport, norm_f32, sum_f32};
 use crate::merge::MergeError;
 
 const CHUNK: usize = 1024 * 1024;
 const DOT_THRESHOLD: f32 = 0.9995;
 const EPS: f32 = 1e-8;
 
-pub(super) fn merge(ctx: &Ctx) -> Result<Vec<f32>, MergeError> {
+pub(super) fn merge(ctx: &Ctx, report: &mut MethodReport) -> Result<Vec<f32>, MergeError> {
     let t = ctx.global_f64("t")? as f32;
     let v0 = ctx.base_data().expect("slerp requires a base (checked by Ctx)");
     let v1 = ctx.data(ctx.others[0]);
-    Ok(slerp(t, v0, v1))
+    let (out, theta) = slerp_angle(t, v0, v1);
+    if let Some(theta) = theta {
+        report.slerp_angle = Some((theta as f64, 1));
+    }
+    Ok(out)
 }
 
 /// Chunked f32 norm as in mergekit: the norm of the per-chunk norms.
@@ -33,10 +37,12 @@ fn chunked_norm(v: &[f32]) -> f32 {
     if parts.len() == 1 { parts[0] } else { norm_f32(parts) }
 }
 
-/// SLERP of two flat vectors in f32 (`a` at t = 0, `b` at t = 1).
-pub(crate) fn slerp(t: f32, a: &[f32], b: &[f32]) -> Vec<f32> {
+/// SLERP of two flat vectors in f32 (`a` at t = 0, `b` at t = 1), also returning the angle
+/// θ = acos(clamped cosine) between `a` and `b` as computed (also when the result falls back to
+/// lerp); `None` for empty vectors.
+pub(crate) fn slerp_angle(t: f32, a: &[f32], b: &[f32]) -> (Vec<f32>, Option<f32>) {
     if a.is_empty() {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let mut na = chunked_norm(a);
     let mut nb = chunked_norm(b);
@@ -52,6 +58,7 @@ pub(crate) fn slerp(t: f32, a: &[f32], b: &[f32]) -> Vec<f32> {
         dot += sum_f32(ca.iter().zip(cb).map(|(&x, &y)| (x / na) * (y / nb)));
     }
     let dot = dot.clamp(-1.0, 1.0);
+    let angle = libm::acosf(dot);
     let (ca, cb) = if dot.abs() > DOT_THRESHOLD {
         (1.0 - t, t)
     } else {
@@ -59,7 +66,7 @@ pub(crate) fn slerp(t: f32, a: &[f32], b: &[f32]) -> Vec<f32> {
         let sin_theta = libm::sinf(theta);
         (libm::sinf((1.0 - t) * theta) / sin_theta, libm::sinf(t * theta) / sin_theta)
     };
-    a.iter().zip(b).map(|(&x, &y)| ca * x + cb * y).collect()
+    (a.iter().zip(b).map(|(&x, &y)| ca * x + cb * y).collect(), Some(angle))
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@
 //! Shapes: inputs `[*shape]`; deltas `[N, numel]`; output `[*shape]`.
 
 use super::sparsify::{self, SparsifyError};
-use super::{Ctx, Method};
+use super::{Ctx, Fraction, Method, MethodReport};
 use crate::merge::MergeError;
 use crate::merge::rng::Randomness;
 
@@ -51,7 +51,7 @@ fn family(m: Method) -> (Option<Sparsifier>, bool) {
     }
 }
 
-pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness) -> Result<Vec<f32>, MergeError> {
+pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness, report: &mut MethodReport) -> Result<Vec<f32>, MergeError> {
     let (sparsifier, consensus) = family(ctx.method);
     let _int8_mask = ctx.global_bool("int8_mask")?; // memory layout only in mergekit
     let normalize = ctx.global_bool("normalize")?;
@@ -97,13 +97,24 @@ pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness) -> Result<Vec<f32>, Mer
         let mut draw = |n: usize, prob: &dyn Fn(usize) -> f32| rng.keep_mask(ctx.tensor(), p.index, n, prob);
         let mut delta = match sparsifier {
             None => delta,
-            Some(Sparsifier::Magnitude) => sparsify::magnitude(&delta, p.density, rescale, ctx.dt).map_err(named)?,
-            Some(Sparsifier::Random) => sparsify::bernoulli(&delta, p.density, rescale, ctx.dt, &mut draw).map_err(named)?,
-            Some(Sparsifier::MagnitudeOutliers) => {
-                sparsify::magnitude_outliers(&delta, p.density, p.gamma, rescale, ctx.dt).map_err(named)?
-            }
-            Some(Sparsifier::DellaMagprune) => {
-                sparsify::della_magprune(&delta, ctx.inputs.shape, p.density, p.epsilon, rescale, ctx.dt, &mut draw).map_err(named)?
+            Some(s) => {
+                let kept = match s {
+                    Sparsifier::Magnitude => sparsify::magnitude(&delta, p.density, rescale, ctx.dt).map_err(named)?,
+                    Sparsifier::Random => sparsify::bernoulli(&delta, p.density, rescale, ctx.dt, &mut draw).map_err(named)?,
+                    Sparsifier::MagnitudeOutliers => sparsify::magnitude_outliers(&delta, p.density, p.gamma, rescale, ctx.dt).map_err(named)?,
+                    Sparsifier::DellaMagprune => {
+                        sparsify::della_magprune(&delta, ctx.inputs.shape, p.density, p.epsilon, rescale, ctx.dt, &mut draw).map_err(named)?
+                    }
+                };
+                // side channel for the statistics: non-zero entries the sparsifier zeroed
+                let mut f = Fraction::default();
+                for (&before, &after) in delta.iter().zip(&kept) {
+                    let nz = (before != 0.0) as u64;
+                    f.whole += nz;
+                    f.part += nz & (after == 0.0) as u64;
+                }
+                report.trimmed.get_or_insert_with(Fraction::default).add(f);
+                kept
             }
         };
         for v in delta.iter_mut() {
@@ -122,6 +133,7 @@ pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness) -> Result<Vec<f32>, Mer
         let mut sum = vec![0.0f32; BLOCK];
         let mut acc = vec![0.0f32; BLOCK];
         let mut div = vec![0.0f32; BLOCK];
+        let mut elected = Fraction::default();
         for start in (0..n).step_by(BLOCK) {
             let end = (start + BLOCK).min(n);
             let len = end - start;
@@ -141,6 +153,12 @@ pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness) -> Result<Vec<f32>, Mer
                     *a += x * m;
                     *v += p.weight * m;
                 }
+                // side channel for the statistics: non-zero entries voted out by the election
+                for (&x, &majority) in d[start..end].iter().zip(sum.iter()) {
+                    let nz = (x != 0.0) as u64;
+                    elected.whole += nz;
+                    elected.part += nz & (sign(x) != majority) as u64;
+                }
             }
             for ((out, &a), &v) in mixed[start..end].iter_mut().zip(acc.iter()).zip(div.iter()) {
                 let mut m = dt.round(a);
@@ -154,6 +172,7 @@ pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness) -> Result<Vec<f32>, Mer
                 *out = m;
             }
         }
+        report.elected_away = Some(elected);
     } else {
         let mut div = dt.round(params.iter().fold(0.0f32, |a, p| a + p.weight));
         if div.abs() < 1e-8 {
