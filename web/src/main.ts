@@ -13,6 +13,7 @@ import { gpuStatus } from './gpu';
 import { toYaml, type Json } from './yaml';
 import { fitsZip, zipStore } from './zip';
 import type { FromWorker, ToWorker } from './merge.worker';
+import { initShare } from './share-panel';
 
 type Tree = { [key: string]: Json };
 
@@ -702,6 +703,29 @@ async function main() {
   fromForm();
   renderForm();
   worker = newWorker(); // warm up: compile the engine in the worker before the first merge
+  wireShare();
+}
+
+/** Share by URL (share-panel.ts): the tab's state in the URL fragment; a link opened here is applied. */
+function wireShare() {
+  void initShare({
+    tree: () => tree,
+    yaml: () => yamlText,
+    models: () => {
+      const names = modelRefs(tree);
+      for (const n of modelFiles.keys()) if (!names.includes(n)) names.push(n);
+      return names;
+    },
+    files: (name) => modelFiles.get(name),
+    setYaml: (text) => {
+      $<HTMLTextAreaElement>('yaml-text').value = text;
+      fromYaml(text);
+    },
+    setFiles: (name, files) => {
+      modelFiles.set(name, files);
+      renderModels();
+    },
+  });
 }
 
 main();

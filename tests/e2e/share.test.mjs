@@ -1,0 +1,282 @@
+// End-to-end tests of Share by URL (web/src/share.ts, web/src/share-panel.ts) on the built page
+// (dist/, or $CRUCIBLE_DIST) in Debian's Chromium driven by playwright-core: a link reproduces a
+// merge byte for byte in a fresh page; a link's local files are asked for and checked by sha256;
+// broken and oversize links say what is wrong; names from a link are text; classroom flags hide
+// their controls; the mergekit YAML is copied.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { deflateRawSync } from 'node:zlib';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { serve } from './serve.mjs';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const FIX = join(ROOT, 'tests/fixtures/merge');
+const DIST = process.env.CRUCIBLE_DIST ?? join(ROOT, 'dist');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+
+const sha256 = (bytes) => createHash('sha256').update(bytes).digest('hex');
+/** A fragment holding `body` (the schema's JSON), made here with node's zlib. */
+const fragmentOf = (body) => `#v=1&s=${deflateRawSync(Buffer.from(JSON.stringify(body))).toString('base64url')}`;
+
+let server;
+let browser;
+let work;
+
+async function newPage(url = server.url) {
+  const context = await browser.newContext({ acceptDownloads: true, permissions: ['clipboard-read', 'clipboard-write'] });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(url);
+  await page.waitForSelector('#engine-status[data-state="ready"]', { timeout: 30_000 });
+  return { page, context, errors };
+}
+
+async function setYaml(page, yaml) {
+  await page.click('#view-yaml');
+  await page.fill('#yaml-text', yaml);
+  await page.waitForTimeout(400);
+}
+
+async function setModelFiles(page, model, paths) {
+  const card = page.locator(`.model-card[data-model="${model}"]`);
+  await card.locator('input.files-input').setInputFiles(paths);
+  await page.locator(`.model-card[data-model="${model}"] .file-list li`).first().waitFor();
+}
+
+const modelFilePaths = (dir) => readdirSync(dir).map((f) => join(dir, f));
+
+async function runMerge(page) {
+  await page.click('#merge-btn');
+  await page.waitForSelector('#run-status.ok, #run-status.error', { timeout: 120_000 });
+  const cls = await page.getAttribute('#run-status', 'class');
+  return { ok: cls.includes('ok'), text: await page.textContent('#run-status') };
+}
+
+async function download(page, file) {
+  const [dl] = await Promise.all([page.waitForEvent('download'), page.click(`a.download[data-file="${file}"]`)]);
+  const path = join(work, `dl-${Date.now()}-${file}`);
+  await dl.saveAs(path);
+  return readFileSync(path);
+}
+
+/** The link of the page's current state once the debounced update has written it. */
+async function currentLink(page) {
+  await page.waitForFunction(() => /^The address bar holds/.test(document.querySelector('#share-status')?.textContent ?? ''), null, { timeout: 10_000 });
+  await page.waitForTimeout(600); // one more debounce period: the last edit is in
+  const link = await page.inputValue('#share-link');
+  assert.equal(page.url(), link, 'the address bar holds the same link as the share box');
+  assert.match(link, /#v=1&s=[A-Za-z0-9_-]+/);
+  return link;
+}
+
+before(async () => {
+  assert.ok(existsSync(join(DIST, 'index.html')), `${DIST} is missing: run \`npm run build\` (scripts/test.sh does) first`);
+  work = mkdtempSync(join(tmpdir(), 'crucible-share-e2e-'));
+  server = await serve(DIST);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic', '--no-first-run'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+describe('Share by URL', () => {
+  it('round trip: a recipe built in the page, its copied link opened in a fresh page, the same form and the same merged bytes', async () => {
+    const a = await newPage();
+    await a.page.click('#demo-btn');
+    await a.page.waitForSelector('#recipe-status.ok');
+    // Change the demo in the form: method dare_ties, one density, a seed, an output shard size.
+    await a.page.selectOption('#method-select', 'dare_ties');
+    const row = a.page.locator('.model-params-row', { hasText: 'tiny-code' });
+    await row.locator('.param[data-param="density"] input').fill('0.7');
+    await a.page.fill('#seed-input', '1234');
+    await a.page.fill('#shard-input', '20K');
+    await a.page.waitForSelector('#recipe-status.ok');
+    const yamlA = await a.page.inputValue('#yaml-text');
+    assert.match(yamlA, /merge_method: dare_ties/);
+    assert.match(yamlA, /density: 0\.7/);
+    const res = await runMerge(a.page);
+    assert.ok(res.ok, res.text);
+    const filesA = await a.page.$$eval('a.download', (as) => as.map((x) => x.dataset.file));
+    assert.ok(filesA.includes('model.safetensors.index.json'), `sharded output: ${filesA}`);
+    const hashesA = {};
+    for (const f of filesA) hashesA[f] = sha256(await download(a.page, f));
+
+    const link = await currentLink(a.page);
+    await a.page.click('#copy-link-btn');
+    await a.page.waitForSelector('#share-status.ok');
+    assert.equal(await a.page.evaluate(() => navigator.clipboard.readText()), link);
+    assert.deepEqual(a.errors, []);
+    await a.context.close();
+
+    const b = await newPage(link);
+    await b.page.waitForSelector('#link-panel:not([hidden])');
+    assert.match(await b.page.textContent('#link-message'), /Opened a shared recipe: dare_ties over 3 models\. Nothing runs until you press Merge\./);
+    // The form is what it was: YAML text, method, seed, shard size, the three demo models with files.
+    assert.equal(await b.page.inputValue('#yaml-text'), yamlA);
+    assert.equal(await b.page.inputValue('#method-select'), 'dare_ties');
+    assert.equal(await b.page.inputValue('#seed-input'), '1234');
+    assert.equal(await b.page.inputValue('#shard-input'), '20K');
+    assert.equal(await b.page.inputValue('.model-params-row:has-text("tiny-code") .param[data-param="density"] input'), '0.7');
+    assert.deepEqual(await b.page.$$eval('.model-card', (cs) => cs.map((c) => c.dataset.model)), ['tiny-base', 'tiny-math', 'tiny-code']);
+    for (const m of ['tiny-base', 'tiny-math', 'tiny-code']) assert.equal(await b.page.locator(`.model-card[data-model="${m}"] .file-list li`).count(), 2);
+    // Nothing ran by itself.
+    assert.equal(await b.page.isHidden('#results'), true);
+    assert.equal(await b.page.textContent('#run-status'), '');
+    await b.page.waitForSelector('#recipe-status.ok');
+    const res2 = await runMerge(b.page);
+    assert.ok(res2.ok, res2.text);
+    const filesB = await b.page.$$eval('a.download', (as) => as.map((x) => x.dataset.file));
+    assert.deepEqual(filesB, filesA);
+    for (const f of filesB) assert.equal(sha256(await download(b.page, f)), hashesA[f], `${f} differs between the two pages`);
+    // The opened page writes back the very same link.
+    assert.equal(await currentLink(b.page), link);
+    assert.deepEqual(b.errors, []);
+    await b.context.close();
+  });
+
+  it('a local-file source: the link asks for the files, rejects a wrong one by sha256, accepts the right ones, merges the same bytes', async () => {
+    const yaml = 'merge_method: linear\nmodels:\n  - model: models/base\n    parameters: {weight: 0.3}\n  - model: models/ft_a\n    parameters: {weight: 0.7}\ndtype: float32\n';
+    const a = await newPage();
+    await setYaml(a.page, yaml);
+    await a.page.waitForSelector('#recipe-status.ok');
+    for (const m of ['models/base', 'models/ft_a']) await setModelFiles(a.page, m, [join(FIX, m, 'model.safetensors'), join(FIX, m, 'config.json')]);
+    const res = await runMerge(a.page);
+    assert.ok(res.ok, res.text);
+    const shaA = sha256(await download(a.page, 'model.safetensors'));
+    const link = await currentLink(a.page);
+    await a.context.close();
+
+    const b = await newPage(link);
+    await b.page.waitForSelector('#link-panel:not([hidden])');
+    assert.match(await b.page.textContent('#link-message'), /Needed before merging: models\/base \(your local files\), models\/ft_a \(your local files\)/);
+    assert.equal(await b.page.inputValue('#yaml-text'), yaml);
+    const need = b.page.locator('.link-need[data-model="models/ft_a"]');
+    const stBytes = readFileSync(join(FIX, 'models/ft_a/model.safetensors'));
+    const row = need.locator('li[data-path="model.safetensors"]');
+    assert.match(await row.textContent(), new RegExp(`model\\.safetensors48\\.4 KiB · sha256 ${sha256(stBytes).slice(0, 12)}…`));
+    // ft_b's weights: the same size, other bytes → refused by sha256, nothing set.
+    await need.locator('input.link-files-input').setInputFiles([join(FIX, 'models/ft_b/model.safetensors')]);
+    await need.locator('.need-status.error').waitFor();
+    assert.match(await need.locator('.need-status').textContent(), /model\.safetensors is not the file this link expects: its sha256 is [0-9a-f]{12}…[0-9a-f]{4}, the link's model\.safetensors has [0-9a-f]{12}…/);
+    assert.equal(await b.page.locator('.model-card[data-model="models/ft_a"] .file-list li').count(), 0);
+    // A file of no expected size is refused before reading it.
+    await need.locator('input.link-files-input').setInputFiles([join(FIX, 'models/ft_a/tokenizer.json')]);
+    await b.page.waitForFunction(() => /no expected file has that size/.test(document.querySelector('.link-need[data-model="models/ft_a"] .need-status')?.textContent ?? ''));
+    // Merge is refused while files are missing.
+    await b.page.click('#merge-btn');
+    await b.page.waitForSelector('#run-status.error');
+    assert.match(await b.page.textContent('#run-status'), /Add files for models models\/base, models\/ft_a first/);
+    // The right files, under other names: accepted by their sha256.
+    for (const m of ['models/base', 'models/ft_a']) {
+      const n = b.page.locator(`.link-need[data-model="${m}"]`);
+      await n.locator('input.link-files-input').setInputFiles([join(FIX, m, 'model.safetensors'), join(FIX, m, 'config.json')]);
+      await n.locator('.need-status.ok').waitFor();
+      assert.match(await n.locator('.need-status').textContent(), /All 2 files match/);
+      assert.equal(await b.page.locator(`.model-card[data-model="${m}"] .file-list li`).count(), 2);
+    }
+    const res2 = await runMerge(b.page);
+    assert.ok(res2.ok, res2.text);
+    assert.equal(sha256(await download(b.page, 'model.safetensors')), shaA);
+    assert.equal(await currentLink(b.page), link);
+    assert.deepEqual(b.errors, []);
+    await b.context.close();
+  });
+
+  it('malformed and oversize links give their messages, the page starts empty, the URL is kept', async () => {
+    const bomb = `#v=1&s=${deflateRawSync(Buffer.from('{"m":[],"r":{"merge_method":"linear"},"y":"' + ' '.repeat(5_000_000) + '"}')).toString('base64url')}`;
+    const cases = [
+      ['#v=2&s=AAAA', /This link is not valid: v: unknown version "2"/],
+      ['#v=1&s=bm90LWRlZmxhdGU', /This link is not valid: s: not valid compressed data/],
+      ['#v=1&s=' + 'A'.repeat(17000), /This link is not valid: link: too long \(17 KiB; a link holds at most 16 KiB\)/],
+      [bomb, /This link is not valid: s: decompresses to more than 64 KiB/],
+      [fragmentOf({ m: [], r: { merge_method: 'tiess' } }), /recipe\.merge_method: unknown method "tiess" \(known: linear/],
+      [fragmentOf({ m: [{ n: 'a', l: [['model.safetensors', 10, 'NOT-HEX']] }], r: { merge_method: 'linear' } }), /models\[0\]\.files\[0\]\.sha256: "NOT-HEX" is not a sha256/],
+      [fragmentOf({ m: [{ n: 'a', h: 'owner/name', r: '../../etc' }], r: { merge_method: 'linear' } }), /models\[0\]\.revision: "\.\.\/\.\.\/etc" is not a revision/],
+      [fragmentOf({ m: Array.from({ length: 17 }, (_, i) => ({ n: `m${i}`, d: 'tiny-base' })), r: { merge_method: 'linear' } }), /models: too many models: 17 \(at most 16\)/],
+    ];
+    const { page, context, errors } = await newPage();
+    for (const [frag, pattern] of cases) {
+      await page.goto(server.url + frag);
+      await page.waitForSelector('#engine-status[data-state="ready"]', { timeout: 30_000 });
+      await page.waitForSelector('#link-message.error');
+      const msg = await page.textContent('#link-message');
+      assert.match(msg, pattern, frag.slice(0, 60));
+      assert.match(msg, /The page starts empty instead/);
+      assert.equal(await page.locator('.model-card').count(), 0);
+      await page.waitForTimeout(700);
+      assert.equal(page.url(), server.url + frag, 'the broken link stays in the address bar');
+    }
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  it('a model name containing HTML shows as text in the link panel, the cards and the YAML', async () => {
+    const evil = '<img src=x onerror="window.__xss=1">';
+    const sha = sha256(readFileSync(join(FIX, 'models/ft_a/model.safetensors')));
+    const frag = fragmentOf({
+      m: [{ n: evil, l: [['<b>model</b>.safetensors', 49536, sha]] }, { n: 'tiny-base', d: 'tiny-base' }],
+      r: { merge_method: 'linear', models: [{ model: evil, parameters: { weight: 1 } }, { model: 'tiny-base', parameters: { weight: 1 } }] },
+    });
+    const { page, context, errors } = await newPage(server.url + frag);
+    await page.waitForSelector('.link-need');
+    assert.equal(await page.locator('.link-need strong').textContent(), evil);
+    assert.equal(await page.locator('.link-need li .file-name').textContent(), '<b>model</b>.safetensors');
+    assert.match(await page.textContent('#link-message'), /Needed before merging: <img src=x onerror="window.__xss=1"> \(your local files\)/);
+    assert.equal(await page.locator('.model-card input.model-name').first().inputValue(), evil);
+    assert.ok((await page.inputValue('#yaml-text')).includes(JSON.stringify(evil)));
+    assert.equal(await page.locator('img, main b').count(), 0);
+    assert.equal(await page.evaluate(() => window.__xss), undefined);
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  it('classroom flags hide their controls; the Share panel lists every flag and carries them into the link', async () => {
+    const { page, context, errors } = await newPage(server.url + '#yaml_hide=true&method_hide=true&seed_hide=true&models_hide=false');
+    await page.waitForFunction(() => document.querySelector('#view-yaml')?.parentElement?.style.display === 'none');
+    for (const sel of ['#view-yaml', '#recipe-yaml', '#method-select', '#seed-input']) assert.equal(await page.isHidden(sel), true, `${sel} is hidden`);
+    for (const sel of ['#models-section', '#base-select', '#shard-input', '#merge-btn', '#share-section']) assert.equal(await page.isVisible(sel), true, `${sel} is visible`);
+    const flags = await page.$$eval('#hide-flags input', (is) => is.map((i) => [i.dataset.flag, i.checked]));
+    assert.deepEqual(flags.map(([f]) => f), ['models', 'demo', 'add', 'method', 'base', 'dtype', 'params', 'yaml', 'seed', 'shard', 'share']);
+    assert.deepEqual(flags.filter(([, c]) => c).map(([f]) => f), ['method', 'yaml', 'seed']);
+    assert.match(await page.textContent('#hide-flags'), /yaml_hide the YAML view/);
+    // The demo, and one more flag ticked: the link carries all of them, and opens hidden.
+    await page.click('#demo-btn');
+    await page.check('#hide-params');
+    const link = await currentLink(page);
+    assert.match(link, /&method_hide=true&params_hide=true&yaml_hide=true&seed_hide=true$/);
+    await context.close();
+    const b = await newPage(link);
+    await b.page.waitForSelector('#link-panel:not([hidden])');
+    for (const sel of ['#global-params', '#model-params', '#method-select', '#view-yaml']) assert.equal(await b.page.isHidden(sel), true, `${sel} is hidden`);
+    assert.equal(await b.page.locator('.model-card').count(), 3);
+    const res = await runMerge(b.page);
+    assert.ok(res.ok, res.text);
+    assert.deepEqual([...errors, ...b.errors], []);
+    await b.context.close();
+  });
+
+  it('"Copy mergekit YAML" copies the recipe', async () => {
+    const { page, context, errors } = await newPage();
+    await page.click('#demo-btn');
+    await page.waitForSelector('#recipe-status.ok');
+    await page.click('#copy-yaml-btn');
+    await page.waitForSelector('#share-status.ok');
+    assert.match(await page.textContent('#share-status'), /mergekit-yaml recipe\.yml/);
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), await page.inputValue('#yaml-text'));
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+});
