@@ -179,6 +179,11 @@ describe('Share by URL', () => {
     await b.page.click('#merge-btn');
     await b.page.waitForSelector('#run-status.error');
     assert.match(await b.page.textContent('#run-status'), /Add files for models models\/base, models\/ft_a first/);
+    // Wrong files given through the model's card instead of the link panel: checked all the same.
+    await setModelFiles(b.page, 'models/base', [join(FIX, 'models/ft_b/model.safetensors'), join(FIX, 'models/ft_b/config.json')]);
+    const baseNeed = b.page.locator('.link-need[data-model="models/base"]');
+    await baseNeed.locator('.need-status.error').waitFor({ timeout: 10_000 });
+    assert.match(await baseNeed.locator('.need-status').textContent(), /The files given to models\/base's card are not the ones this link expects: model\.safetensors's sha256 is [0-9a-f]{12}…[0-9a-f]{4}, the link's is/);
     // The right files, under other names: accepted by their sha256.
     for (const m of ['models/base', 'models/ft_a']) {
       const n = b.page.locator(`.link-need[data-model="${m}"]`);

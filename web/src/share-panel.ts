@@ -67,6 +67,8 @@ const pending = new Map<string, Source>();
 const hashes = new WeakMap<File, Promise<string>>();
 /** `path:sha256` lines of each bundled demo model → its name: a model with those exact files is shared as the demo. */
 const demoKeys = new Map<string, DemoName>();
+/** Per pending local source: check the files the user gave its card directly (not through the link panel). */
+const cardCheckers = new Map<string, (files: Map<string, File>) => Promise<void>>();
 let timer = 0;
 let generation = 0;
 /** While the page shows a link it could not open, the URL keeps it until the user changes something. */
@@ -161,6 +163,10 @@ function urlFor(fragment: string): string {
 /** Write the state into the URL (replaceState) and the link box. */
 async function updateUrl() {
   const gen = ++generation;
+  for (const [name, check] of cardCheckers) {
+    const files = host.files(name);
+    if (files?.size && pending.has(name)) await check(files);
+  }
   let res;
   try {
     res = await collect(false);
@@ -380,6 +386,37 @@ function renderLocalNeed(src: Extract<Source, { kind: 'local' }>): HTMLElement {
     status.className = `need-status ${kind}`;
     status.replaceChildren(...lines.map((l) => el('span', { class: 'line' }, l)));
   };
+  const markRow = (path: string, file: File) => {
+    const row = rows.get(path)!;
+    row.classList.add('matched');
+    row.querySelector('.need-state')!.textContent = file.name === path.split('/').pop() ? 'sha256 matches' : `sha256 matches (${file.name})`;
+  };
+  // Files given through the model's card instead: checked the same way, by path, size and sha256.
+  let checked: Map<string, File> | null = null;
+  cardCheckers.set(src.name, async (files) => {
+    if (checked === files) return;
+    checked = files;
+    const errors: string[] = [];
+    for (const f of src.files) {
+      const file = files.get(f.path);
+      if (!file) errors.push(`${f.path} is missing`);
+      else if (file.size !== f.size) errors.push(`${f.path} has ${formatBytes(file.size)}, the link's has ${formatBytes(f.size)}`);
+      else {
+        const sha = await hashOf(file, (d, t) => say('info', [`Checking ${f.path}: ${formatBytes(d)} of ${formatBytes(t)}…`])).catch((e) => `unreadable (${String(e)})`);
+        if (sha !== f.sha256) errors.push(`${f.path}'s sha256 is ${shortSha(sha)}, the link's is ${shortSha(f.sha256)}`);
+        else markRow(f.path, file);
+      }
+    }
+    if (errors.length) {
+      say('error', [`The files given to ${src.name}'s card are not the ones this link expects: ${errors.join('; ')}.`]);
+    } else {
+      pending.delete(src.name);
+      cardCheckers.delete(src.name);
+      box.classList.add('done');
+      label.hidden = true;
+      say('ok', [`All ${src.files.length} files match: ${src.name} is ready.`]);
+    }
+  });
   input.addEventListener('change', async () => {
     const picked = Array.from(input.files ?? []);
     input.value = '';
@@ -404,13 +441,12 @@ function renderLocalNeed(src: Extract<Source, { kind: 'local' }>): HTMLElement {
         continue;
       }
       matched.set(hit.path, file);
-      const row = rows.get(hit.path)!;
-      row.classList.add('matched');
-      row.querySelector('.need-state')!.textContent = file.name === hit.path.split('/').pop() ? 'sha256 matches' : `sha256 matches (${file.name})`;
+      markRow(hit.path, file);
     }
     const left = src.files.filter((f) => !matched.has(f.path));
     if (!left.length) {
       pending.delete(src.name);
+      cardCheckers.delete(src.name);
       host.setFiles(src.name, new Map(matched));
       box.classList.add('done');
       label.hidden = true;
@@ -471,6 +507,7 @@ function sameJson(a: unknown, b: unknown): boolean {
 
 async function applyState(state: ShareState, warnings: string[]) {
   pending.clear();
+  cardCheckers.clear();
   host.setYaml(state.yaml);
   const notes: string[] = [];
   if (!sameJson(host.tree(), state.recipe)) notes.push('The link\'s YAML and its recipe differ (the YAML was edited by hand after an error?): the YAML is shown as its author had it.');
@@ -562,8 +599,9 @@ export async function initShare(h: ShareHost) {
     if (t) obs.observe(t, { childList: true, subtree: true, characterData: true });
   }
   // A link pasted into this tab's address bar (only the fragment changes: no reload).
-  // (replaceState never fires hashchange: this is always the user's doing.)
-  window.addEventListener('hashchange', () => void openFragment(location.hash));
+  // (replaceState never fires hashchange: this is always the user's doing.) The link opens in a
+  // fresh page, as it would in a new tab: nothing of the current tab mixes into it.
+  window.addEventListener('hashchange', () => location.reload());
   if (!holdUrl) scheduleShareUpdate();
 }
 
