@@ -169,7 +169,9 @@ async function updateUrl() {
   }
   let res;
   try {
-    res = await collect(false);
+    res = await collect(false, (file, done, total) => {
+      if (gen === generation && done < total) setShareStatus('info', `Computing the sha256 of ${file} for the link: ${formatBytes(done)} of ${formatBytes(total)}…`);
+    });
   } catch (e) {
     if (gen === generation) setShareStatus('error', `Could not read a file for the link: ${e instanceof Error ? e.message : String(e)}`);
     return;
@@ -580,7 +582,13 @@ export async function initShare(h: ShareHost) {
     // no WebCrypto: demo models are shared as local files then
   }
 
-  await openFragment(location.hash);
+  try {
+    await openFragment(location.hash);
+  } catch (e) {
+    // A bug, not the link's fault (the link was validated): say so rather than fail silently.
+    holdUrl = true;
+    setLinkMessage('error', [`Could not open this link: ${e instanceof Error ? e.message : String(e)}`]);
+  }
 
   // Any change in the tab → the URL, debounced. User edits release a URL held for a broken link.
   const userChange = (e: Event) => {
