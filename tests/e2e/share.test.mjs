@@ -273,6 +273,36 @@ describe('Share by URL', () => {
     await b.context.close();
   });
 
+  it('a hub source in a link fetches nothing by itself: it shows the repo and waits for a click', async () => {
+    const frag = fragmentOf({
+      m: [{ n: 'tiny-base', d: 'tiny-base' }, { n: 'smol', h: 'HuggingFaceTB/SmolLM2-135M', r: 'main' }],
+      r: { merge_method: 'linear', models: [{ model: 'tiny-base', parameters: { weight: 0.5 } }, { model: 'smol', parameters: { weight: 0.5 } }] },
+    });
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    const foreign = [];
+    page.on('request', (r) => {
+      if (!r.url().startsWith(server.url) && !r.url().startsWith('data:') && !r.url().startsWith('blob:')) foreign.push(r.url());
+    });
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await page.goto(server.url + frag);
+    await page.waitForSelector('.link-need[data-model="smol"]');
+    assert.match(await page.textContent('.link-need[data-model="smol"]'), /from the Hugging Face Hub, HuggingFaceTB\/SmolLM2-135M@main\. Nothing is fetched until you ask/);
+    assert.match(await page.textContent('#link-message'), /Needed before merging: smol \(from the hub\)/);
+    await page.waitForTimeout(1500);
+    assert.deepEqual(foreign, [], 'no request left the page before a click');
+    // The copied YAML names the hub model by its repo, as mergekit-yaml wants it.
+    await context.grantPermissions(['clipboard-read', 'clipboard-write']);
+    await page.click('#copy-yaml-btn');
+    await page.waitForSelector('#share-status.ok');
+    const yaml = await page.evaluate(() => navigator.clipboard.readText());
+    assert.match(yaml, /- model: HuggingFaceTB\/SmolLM2-135M\n/);
+    assert.match(yaml, /- model: tiny-base\n/);
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
   it('"Copy mergekit YAML" copies the recipe', async () => {
     const { page, context, errors } = await newPage();
     await page.click('#demo-btn');
