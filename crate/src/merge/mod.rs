@@ -8,6 +8,7 @@
 pub mod methods;
 pub mod params;
 pub mod plan;
+pub mod preview;
 pub mod recipe;
 pub mod rng;
 pub mod run;

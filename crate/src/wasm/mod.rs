@@ -13,6 +13,8 @@
 //!     → `JsOutputDir` / `JsSink` (`ByteSink`: chunks of ≤ 4 MiB handed to `on_output`)
 //!     → the worker collects them into `Blob`s the page offers for download.
 
+pub mod plan;
+
 use std::collections::BTreeMap;
 
 use js_sys::{Array, Function, Map, Object, Reflect, Uint8Array};
