@@ -9,6 +9,13 @@
 //! named by `rope_type` or the legacy `type`; `original_max_position_embeddings` defaults to
 //! `max_position_embeddings` for llama3 and yarn).
 //!
+//! Mixture-of-experts configs (transformers 5.23 `models/mixtral/configuration_mixtral.py`:
+//! `num_local_experts`, `num_experts_per_tok`, `sliding_window` on every layer;
+//! `models/qwen2_moe/configuration_qwen2_moe.py`: `num_experts`, `num_experts_per_tok`,
+//! `moe_intermediate_size`, `shared_expert_intermediate_size`, `norm_topk_prob`,
+//! `decoder_sparse_step`, `mlp_only_layers`, `qkv_bias`) become a Mistral / Qwen2 family config
+//! with [`LlamaConfig::moe`] set.
+//!
 //! Every error names the field (dotted path for nested fields).
 
 use serde_json::{Map, Value};
@@ -64,6 +71,48 @@ pub struct LlamaConfig {
     /// `layer_types` marks `sliding_attention` (absent: layers ≥ `max_window_layers`, default 28).
     pub layer_windows: Vec<Option<usize>>,
     pub rope: RopeConfig,
+    /// Sparse mixture-of-experts MLPs (Mixtral, Qwen2-MoE); `None` for dense models.
+    pub moe: Option<MoeConfig>,
+}
+
+/// How a router's top-k choices become combine weights (see /work/shared/references.md §4.2).
+/// Expert selection is the same for all (softmax is monotone); only the weights differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoeStyle {
+    /// Mixtral (HF `MixtralTopKRouter`, mistral-inference `moe.py`): softmax over the top-k
+    /// logits, i.e. softmax over all experts renormalised over the chosen ones.
+    Mixtral,
+    /// Qwen2-MoE (HF `Qwen2MoeTopKRouter` + `Qwen2MoeSparseMoeBlock`): softmax over all experts,
+    /// top-k, renormalised only if `norm_topk_prob`; plus a shared expert scaled by
+    /// sigmoid(shared_expert_gate·x).
+    Qwen2Moe,
+}
+
+/// The sparse MLP of a mixture-of-experts model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    pub style: MoeStyle,
+    /// Routed experts per MoE layer (`num_local_experts` / `num_experts`).
+    pub num_experts: usize,
+    /// Experts chosen per token (`num_experts_per_tok`).
+    pub top_k: usize,
+    /// Hidden size of each routed expert's SwiGLU (Mixtral: `intermediate_size`; Qwen2-MoE:
+    /// `moe_intermediate_size`).
+    pub expert_intermediate_size: usize,
+    /// Divide the top-k probabilities by their sum (always for Mixtral).
+    pub norm_topk_prob: bool,
+    /// Qwen2-MoE's shared expert: its SwiGLU hidden size (`shared_expert_intermediate_size`).
+    pub shared_expert_intermediate_size: Option<usize>,
+    /// Per layer: true when the layer's MLP is the sparse block; false for a dense MLP of
+    /// `intermediate_size` (Qwen2-MoE `mlp_only_layers` and `decoder_sparse_step`).
+    pub sparse_layers: Vec<bool>,
+}
+
+impl MoeConfig {
+    /// Whether layer `i` routes through experts.
+    pub fn is_sparse(&self, layer: usize) -> bool {
+        self.sparse_layers.get(layer).copied().unwrap_or(false)
+    }
 }
 
 fn get<'a>(obj: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
@@ -134,7 +183,17 @@ impl LlamaConfig {
             Some("llama") | None => Family::Llama,
             Some("mistral") => Family::Mistral,
             Some("qwen2") => Family::Qwen2,
-            Some(other) => return Err(err("model_type", format!("{other:?} is not a Llama-family model (supported: llama, mistral, qwen2)"))),
+            // Mixture-of-experts variants: the same attention, a sparse MLP (`moe` below).
+            Some("mixtral") => Family::Mistral,
+            Some("qwen2_moe") => Family::Qwen2,
+            Some(other) => {
+                return Err(err("model_type", format!("{other:?} is not a Llama-family model (supported: llama, mistral, qwen2, mixtral, qwen2_moe)")));
+            }
+        };
+        let moe_style = match model_type {
+            Some("mixtral") => Some(MoeStyle::Mixtral),
+            Some("qwen2_moe") => Some(MoeStyle::Qwen2Moe),
+            _ => None,
         };
 
         let hidden_size = positive(req_usize(obj, "", "hidden_size")?, "hidden_size")?;
@@ -179,6 +238,8 @@ impl LlamaConfig {
         let (qkv_bias, o_bias) = match family {
             Family::Llama => (attention_bias, attention_bias),
             Family::Mistral => (false, false),
+            // Qwen2-MoE makes it a field (`qkv_bias`, default true); Qwen2 always has it.
+            Family::Qwen2 if moe_style.is_some() => (opt_bool(obj, "qkv_bias")?.unwrap_or(true), false),
             Family::Qwen2 => (true, false),
         };
         let layer_windows = match family {
@@ -211,6 +272,12 @@ impl LlamaConfig {
                                 })
                                 .collect::<Result<Vec<_>, _>>()?
                         }
+                        None if moe_style.is_some() => {
+                            // Qwen2MoeConfig.__post_init__: odd-numbered (1-based) layers below
+                            // max_window_layers slide.
+                            let below = opt_usize(obj, "", "max_window_layers")?.unwrap_or(28);
+                            (0..num_hidden_layers).map(|i| if (i + 1) % 2 == 1 && i < below { Some(w) } else { None }).collect()
+                        }
                         None => {
                             let first = opt_usize(obj, "", "max_window_layers")?.unwrap_or(28);
                             (0..num_hidden_layers).map(|i| if i >= first { Some(w) } else { None }).collect()
@@ -221,6 +288,10 @@ impl LlamaConfig {
         };
 
         let rope = parse_rope(obj, head_dim, max_position_embeddings)?;
+        let moe = match moe_style {
+            None => None,
+            Some(style) => Some(parse_moe(obj, style, intermediate_size, num_hidden_layers)?),
+        };
 
         Ok(LlamaConfig {
             family,
@@ -239,8 +310,62 @@ impl LlamaConfig {
             mlp_bias: mlp_bias && family == Family::Llama,
             layer_windows,
             rope,
+            moe,
         })
     }
+}
+
+/// The MoE fields of a Mixtral or Qwen2-MoE `config.json`.
+fn parse_moe(obj: &Map<String, Value>, style: MoeStyle, intermediate_size: usize, layers: usize) -> Result<MoeConfig, ConfigError> {
+    let experts_field = match style {
+        MoeStyle::Mixtral => "num_local_experts",
+        MoeStyle::Qwen2Moe => "num_experts",
+    };
+    // transformers' defaults: Mixtral 8 experts, 2 per token; Qwen2-MoE 60 experts, 4 per token.
+    let (default_experts, default_k) = match style {
+        MoeStyle::Mixtral => (8, 2),
+        MoeStyle::Qwen2Moe => (60, 4),
+    };
+    let num_experts = positive(opt_usize(obj, "", experts_field)?.unwrap_or(default_experts), experts_field)?;
+    let top_k = positive(opt_usize(obj, "", "num_experts_per_tok")?.unwrap_or(default_k), "num_experts_per_tok")?;
+    if top_k > num_experts {
+        return Err(err("num_experts_per_tok", format!("{top_k} is more than the {num_experts} experts ({experts_field})")));
+    }
+    Ok(match style {
+        MoeStyle::Mixtral => MoeConfig {
+            style,
+            num_experts,
+            top_k,
+            expert_intermediate_size: intermediate_size,
+            norm_topk_prob: true,
+            shared_expert_intermediate_size: None,
+            sparse_layers: vec![true; layers],
+        },
+        MoeStyle::Qwen2Moe => {
+            let expert_i = positive(opt_usize(obj, "", "moe_intermediate_size")?.unwrap_or(1408), "moe_intermediate_size")?;
+            let shared = positive(opt_usize(obj, "", "shared_expert_intermediate_size")?.unwrap_or(5632), "shared_expert_intermediate_size")?;
+            let step = positive(opt_usize(obj, "", "decoder_sparse_step")?.unwrap_or(1), "decoder_sparse_step")?;
+            let mut mlp_only = Vec::new();
+            if let Some(list) = get(obj, "mlp_only_layers") {
+                let list = list.as_array().ok_or_else(|| err("mlp_only_layers", format!("expected a list of layer indices, found {list}")))?;
+                for (i, v) in list.iter().enumerate() {
+                    mlp_only.push(as_usize(v, &format!("mlp_only_layers[{i}]"))?);
+                }
+            }
+            // Qwen2MoeDecoderLayer: sparse unless listed in mlp_only_layers, and only every
+            // decoder_sparse_step-th layer (1-based).
+            let sparse_layers = (0..layers).map(|i| !mlp_only.contains(&i) && (i + 1) % step == 0).collect();
+            MoeConfig {
+                style,
+                num_experts,
+                top_k,
+                expert_intermediate_size: expert_i,
+                norm_topk_prob: opt_bool(obj, "norm_topk_prob")?.unwrap_or(false),
+                shared_expert_intermediate_size: Some(shared),
+                sparse_layers,
+            }
+        }
+    })
 }
 
 /// RoPE parameters from `rope_parameters` (transformers ≥5) or `rope_theta` + `rope_scaling`.

@@ -28,11 +28,23 @@
 //! model.norm                    output_norm         (H,)
 //! lm_head                       output              (vocab, H)   absent: tied to token_embd
 //! ```
+//!
+//! Mixtral-style MoE (`[arch].expert_count`, `[arch].expert_used_count`; llama.cpp
+//! `LLM_TENSOR_FFN_GATE_INP`, `LLM_TENSOR_FFN_{GATE,UP,DOWN}_EXPS`, `build_moe_ffn` with
+//! `LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX` and weight normalisation for llama):
+//! ```text
+//! block_sparse_moe.gate         blk.N.ffn_gate_inp      (E, H)
+//! experts.e.w1 (gate)           blk.N.ffn_gate_exps     (E, I, H)   expert e = slice e
+//! experts.e.w3 (up)             blk.N.ffn_up_exps       (E, I, H)
+//! experts.e.w2 (down)           blk.N.ffn_down_exps     (E, H, I)
+//! ```
+//! I is `[arch].expert_feed_forward_length` when present, else `[arch].feed_forward_length`.
 
 use crate::formats::gguf::{Gguf, GgufTensor, read_tensor_f32, read_tensor_raw};
 use crate::formats::io::ByteSource;
-use crate::models::config::{Family, LlamaConfig};
-use crate::models::llama::{Linear, LlamaLayer, LlamaModel, LlamaWeights, ModelError};
+use crate::models::config::{Family, LlamaConfig, MoeConfig, MoeStyle};
+use crate::models::llama::{Linear, LlamaLayer, LlamaModel, LlamaWeights, ModelError, empty_mlp};
+use crate::models::moe::{Mlp, MoeBlock};
 use crate::posenc::rope::{RopeConfig, RopeLayout, RopeScaling};
 
 fn tensor_err(g: &Gguf, tensor: &str, message: impl Into<String>) -> ModelError {
@@ -121,6 +133,25 @@ pub fn config_from_gguf(g: &Gguf) -> Result<LlamaConfig, ModelError> {
     let scaling = rope_scaling(g, arch, max_position_embeddings)?;
     let rope = RopeConfig { theta, dim, max_position_embeddings, scaling };
 
+    let moe = if g.get(&k("expert_count")).is_some() && g.get_usize(&k("expert_count"))? > 0 {
+        let num_experts = g.get_usize(&k("expert_count"))?;
+        let top_k = positive(&k("expert_used_count"))?;
+        if top_k > num_experts {
+            return Err(key_err(g, &k("expert_used_count"), format!("{top_k} is more than expert_count {num_experts}")));
+        }
+        let expert_i = if g.get(&k("expert_feed_forward_length")).is_some() { positive(&k("expert_feed_forward_length"))? } else { intermediate_size };
+        Some(MoeConfig {
+            style: MoeStyle::Mixtral,
+            num_experts,
+            top_k,
+            expert_intermediate_size: expert_i,
+            norm_topk_prob: true,
+            shared_expert_intermediate_size: None,
+            sparse_layers: vec![true; num_hidden_layers],
+        })
+    } else {
+        None
+    };
     let has = |n: &str| g.tensor(n).is_some();
     Ok(LlamaConfig {
         family: Family::Llama,
@@ -139,6 +170,7 @@ pub fn config_from_gguf(g: &Gguf) -> Result<LlamaConfig, ModelError> {
         mlp_bias: has("blk.0.ffn_gate.bias"),
         layer_windows: vec![None; num_hidden_layers],
         rope,
+        moe,
     })
 }
 
@@ -221,6 +253,39 @@ impl GgufLoader<'_> {
     }
 }
 
+impl GgufLoader<'_> {
+    /// A stacked expert tensor `name` of shape (E, out, inp) as E layers: block-quantized types
+    /// keep their blocks (expert e's rows are the e-th contiguous slice), others are widened to f32.
+    fn experts(&mut self, name: &str, e: usize, out: usize, inp: usize) -> Result<Vec<Linear>, ModelError> {
+        let info = self.info(name, &[e, out, inp])?;
+        match info.ggml_type.block_format() {
+            Some(format) => {
+                read_tensor_raw(self.src, &info, &mut self.raw)?;
+                let per = self.raw.len() / e;
+                self.raw
+                    .chunks_exact(per.max(1))
+                    .map(|c| Linear::quantized(out, inp, format, c.to_vec(), None).map_err(|m| tensor_err(self.g, name, m)))
+                    .collect()
+            }
+            None => {
+                let mut w = Vec::new();
+                read_tensor_f32(self.src, &info, &mut w)?;
+                Ok(w.chunks_exact(out * inp).map(|c| Linear::f32(out, inp, c.to_vec(), None)).collect())
+            }
+        }
+    }
+
+    fn moe(&mut self, p: &str, m: &MoeConfig, h: usize) -> Result<MoeBlock, ModelError> {
+        let (e, i) = (m.num_experts, m.expert_intermediate_size);
+        let router = self.linear(&format!("{p}.ffn_gate_inp"), e, h, false)?;
+        let gate = self.experts(&format!("{p}.ffn_gate_exps.weight"), e, i, h)?;
+        let up = self.experts(&format!("{p}.ffn_up_exps.weight"), e, i, h)?;
+        let down = self.experts(&format!("{p}.ffn_down_exps.weight"), e, h, i)?;
+        let experts = gate.into_iter().zip(up).zip(down).map(|((gate_proj, up_proj), down_proj)| Mlp { gate_proj, up_proj, down_proj }).collect();
+        Ok(MoeBlock { router, experts, shared: None })
+    }
+}
+
 /// All weights named as llama.cpp's `LLM_ARCH_LLAMA`, shapes checked against `cfg`.
 pub fn weights_from_gguf(g: &Gguf, src: &mut dyn ByteSource, cfg: &LlamaConfig) -> Result<LlamaWeights, ModelError> {
     let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
@@ -230,6 +295,17 @@ pub fn weights_from_gguf(g: &Gguf, src: &mut dyn ByteSource, cfg: &LlamaConfig) 
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for n in 0..cfg.num_hidden_layers {
         let p = format!("blk.{n}");
+        let (moe, (gate_proj, up_proj, down_proj)) = match &cfg.moe {
+            Some(m) if m.is_sparse(n) => (Some(l.moe(&p, m, h)?), empty_mlp(h)),
+            _ => (
+                None,
+                (
+                    l.linear(&format!("{p}.ffn_gate"), i, h, cfg.mlp_bias)?,
+                    l.linear(&format!("{p}.ffn_up"), i, h, cfg.mlp_bias)?,
+                    l.linear(&format!("{p}.ffn_down"), h, i, cfg.mlp_bias)?,
+                ),
+            ),
+        };
         layers.push(LlamaLayer {
             input_layernorm: l.f32(&format!("{p}.attn_norm.weight"), &[h])?,
             q_proj: l.linear(&format!("{p}.attn_q"), q_out, h, cfg.qkv_bias)?,
@@ -237,9 +313,10 @@ pub fn weights_from_gguf(g: &Gguf, src: &mut dyn ByteSource, cfg: &LlamaConfig) 
             v_proj: l.linear(&format!("{p}.attn_v"), kv_out, h, cfg.qkv_bias)?,
             o_proj: l.linear(&format!("{p}.attn_output"), h, q_out, cfg.o_bias)?,
             post_attention_layernorm: l.f32(&format!("{p}.ffn_norm.weight"), &[h])?,
-            gate_proj: l.linear(&format!("{p}.ffn_gate"), i, h, cfg.mlp_bias)?,
-            up_proj: l.linear(&format!("{p}.ffn_up"), i, h, cfg.mlp_bias)?,
-            down_proj: l.linear(&format!("{p}.ffn_down"), h, i, cfg.mlp_bias)?,
+            gate_proj,
+            up_proj,
+            down_proj,
+            moe,
         });
     }
     let norm = l.f32("output_norm.weight", &[h])?;
@@ -440,6 +517,7 @@ mod tests {
                     gate_proj: f(&l.gate_proj),
                     up_proj: f(&l.up_proj),
                     down_proj: f(&l.down_proj),
+                    moe: None,
                 })
                 .collect(),
             norm: w.norm.clone(),

@@ -18,10 +18,15 @@
 //! x += a·Woᵀ;  x += W_down·(silu(RMSNorm(x)·W_gateᵀ) ⊙ RMSNorm(x)·W_upᵀ)
 //! ```
 //! then the final RMSNorm and the head (T, vocab) — `embed_tokens` when tied.
+//!
+//! Mixture-of-experts models (Mixtral, Qwen2-MoE; `config.moe`) replace the MLP of their sparse
+//! layers by a [`MoeBlock`] (see `moe.rs`); [`LlamaModel::forward_traced`] also returns which
+//! experts each token used in each layer.
 
 use crate::formats::checkpoint::Checkpoint;
 use crate::formats::safetensors::FormatError;
 use crate::models::config::{ConfigError, LlamaConfig};
+use crate::models::moe::{ExpertTrace, Mlp, MoeBlock, SharedExpert};
 use crate::posenc::rope::{RopeFreqs, RopeLayout, RopeScaling, apply_rope};
 use crate::tensor::quant::{self, BlockFormat, QK, SplitBlocks};
 
@@ -227,6 +232,34 @@ impl Linear {
                 }
             }
         }
+    }
+
+    /// Bytes held by the weight (in its storage) and the bias.
+    pub fn weight_bytes(&self) -> usize {
+        let w = match &self.weight {
+            WeightStorage::F32(w) => w.len() * 4,
+            WeightStorage::Blocks { bytes, .. } => bytes.len(),
+            WeightStorage::Split(s) => (s.scales.len() + s.qs.len() + s.mins.as_ref().map_or(0, |m| m.len())) * 4,
+        };
+        w + self.bias.as_ref().map_or(0, |b| b.len() * 4)
+    }
+
+    /// This layer with its weight quantized to `format` (llama.cpp's reference quantizer, see
+    /// [`quant::quantize`]) from its f32 values; already-quantized layers are re-quantized from
+    /// their dequantized values. The bias stays f32. Errors when `in_features` is not a multiple
+    /// of the block size.
+    pub fn quantize(self, format: BlockFormat) -> Result<Linear, String> {
+        if !self.in_features.is_multiple_of(QK) {
+            return Err(format!("cannot quantize to {format}: row length {} is not a multiple of the block size {QK}", self.in_features));
+        }
+        let Linear { out_features, in_features, weight, bias } = self;
+        let w = match weight {
+            WeightStorage::F32(w) => w,
+            other => Linear { out_features, in_features, weight: other, bias: None }.to_f32(),
+        };
+        let mut bytes = Vec::new();
+        quant::quantize(format, &w, &mut bytes).map_err(|e| e.to_string())?;
+        Linear::quantized(out_features, in_features, format, bytes, bias)
     }
 
     /// The whole weight widened to f32, row-major (out, in) — for tests and uploads.
@@ -465,10 +498,13 @@ pub struct LlamaLayer {
     pub o_proj: Linear,
     /// (H,)
     pub post_attention_layernorm: Vec<f32>,
-    /// (I, H), (I, H), (H, I)
+    /// (I, H), (I, H), (H, I). In a sparse MoE layer (`moe` is `Some`) these are empty
+    /// (0 × H, H × 0 …: no weights) and unused.
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+    /// The sparse mixture-of-experts MLP that replaces gate/up/down in MoE layers.
+    pub moe: Option<MoeBlock>,
 }
 
 /// All weights of a Llama-family model.
@@ -500,12 +536,74 @@ impl LlamaWeights {
                     gate_proj: l.gate_proj.into_split(),
                     up_proj: l.up_proj.into_split(),
                     down_proj: l.down_proj.into_split(),
+                    moe: l.moe.map(|b| b.map(Linear::into_split)),
                     ..l
                 })
                 .collect(),
             norm: self.norm,
             lm_head: self.lm_head.map(Linear::into_split),
         }
+    }
+}
+
+impl LlamaWeights {
+    /// Quantize-on-load: every projection, expert, the embedding and the head converted to
+    /// `format` ([`Linear::quantize`]); norms, biases and MoE routers stay f32 (the router is tiny
+    /// and decides which experts run). `model` names the model in errors, which also name the
+    /// tensor whose row length is not a multiple of the block size.
+    pub fn quantize(self, format: BlockFormat, model: &str) -> Result<LlamaWeights, ModelError> {
+        let q = |lin: Linear, tensor: String| -> Result<Linear, ModelError> {
+            if lin.out_features == 0 || lin.in_features == 0 {
+                return Ok(lin); // the empty dense MLP of a sparse layer
+            }
+            lin.quantize(format).map_err(|message| ModelError::Tensor { model: model.to_string(), tensor, message })
+        };
+        let qm = |m: Mlp, p: &str| -> Result<Mlp, ModelError> {
+            Ok(Mlp { gate_proj: q(m.gate_proj, format!("{p}.gate_proj"))?, up_proj: q(m.up_proj, format!("{p}.up_proj"))?, down_proj: q(m.down_proj, format!("{p}.down_proj"))? })
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (n, l) in self.layers.into_iter().enumerate() {
+            let p = format!("model.layers.{n}");
+            let moe = match l.moe {
+                None => None,
+                Some(b) => Some(MoeBlock {
+                    router: b.router,
+                    experts: b.experts.into_iter().enumerate().map(|(e, m)| qm(m, &format!("{p}.mlp.experts.{e}"))).collect::<Result<_, _>>()?,
+                    shared: match b.shared {
+                        None => None,
+                        Some(s) => Some(SharedExpert { mlp: qm(s.mlp, &format!("{p}.mlp.shared_expert"))?, gate: s.gate }),
+                    },
+                }),
+            };
+            layers.push(LlamaLayer {
+                input_layernorm: l.input_layernorm,
+                q_proj: q(l.q_proj, format!("{p}.self_attn.q_proj.weight"))?,
+                k_proj: q(l.k_proj, format!("{p}.self_attn.k_proj.weight"))?,
+                v_proj: q(l.v_proj, format!("{p}.self_attn.v_proj.weight"))?,
+                o_proj: q(l.o_proj, format!("{p}.self_attn.o_proj.weight"))?,
+                post_attention_layernorm: l.post_attention_layernorm,
+                gate_proj: q(l.gate_proj, format!("{p}.mlp.gate_proj.weight"))?,
+                up_proj: q(l.up_proj, format!("{p}.mlp.up_proj.weight"))?,
+                down_proj: q(l.down_proj, format!("{p}.mlp.down_proj.weight"))?,
+                moe,
+            });
+        }
+        Ok(LlamaWeights {
+            embed_tokens: q(self.embed_tokens, "model.embed_tokens.weight".into())?,
+            layers,
+            norm: self.norm,
+            lm_head: self.lm_head.map(|h| q(h, "lm_head.weight".into())).transpose()?,
+        })
+    }
+
+    /// Bytes held by all weights in their storage (f32, blocks or split blocks), norms included.
+    pub fn weight_bytes(&self) -> usize {
+        let layer = |l: &LlamaLayer| {
+            (l.input_layernorm.len() + l.post_attention_layernorm.len()) * 4
+                + [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj].iter().map(|x| x.weight_bytes()).sum::<usize>()
+                + l.moe.as_ref().map_or(0, MoeBlock::weight_bytes)
+        };
+        self.embed_tokens.weight_bytes() + self.layers.iter().map(layer).sum::<usize>() + self.norm.len() * 4 + self.lm_head.as_ref().map_or(0, Linear::weight_bytes)
     }
 }
 
@@ -531,6 +629,64 @@ impl Loader<'_> {
         let b = if bias { Some(self.tensor(&format!("{prefix}.bias"), &[out])?) } else { None };
         Ok(Linear::f32(out, inp, w, b))
     }
+
+    fn mlp(&mut self, gate: &str, up: &str, down: &str, i: usize, h: usize, bias: bool) -> Result<Mlp, ModelError> {
+        Ok(Mlp { gate_proj: self.linear(gate, i, h, bias)?, up_proj: self.linear(up, i, h, bias)?, down_proj: self.linear(down, h, i, bias)? })
+    }
+
+    /// The sparse block of layer prefix `p` (`model.layers.N`). Experts are read from the
+    /// per-expert names saved by transformers (Mixtral `block_sparse_moe.experts.E.w1/w3/w2`,
+    /// Qwen2-MoE `mlp.experts.E.gate_proj/up_proj/down_proj`) or from transformers ≥5's fused
+    /// `mlp.experts.gate_up_proj` (E, 2·I, H; gate rows first) and `mlp.experts.down_proj` (E, H, I).
+    fn moe(&mut self, p: &str, moe: &crate::models::config::MoeConfig, h: usize) -> Result<MoeBlock, ModelError> {
+        let (e, i) = (moe.num_experts, moe.expert_intermediate_size);
+        let base = if self.ckpt.info(&format!("{p}.block_sparse_moe.gate.weight")).is_some() { format!("{p}.block_sparse_moe") } else { format!("{p}.mlp") };
+        let router = self.linear(&format!("{base}.gate"), e, h, false)?;
+        let fused = format!("{base}.experts.gate_up_proj");
+        let experts = if self.ckpt.info(&fused).is_some() {
+            let gu = self.tensor(&fused, &[e, 2 * i, h])?;
+            let dn = self.tensor(&format!("{base}.experts.down_proj"), &[e, h, i])?;
+            (0..e)
+                .map(|x| {
+                    let g = &gu[x * 2 * i * h..(x * 2 + 1) * i * h];
+                    let u = &gu[(x * 2 + 1) * i * h..(x + 1) * 2 * i * h];
+                    Mlp {
+                        gate_proj: Linear::f32(i, h, g.to_vec(), None),
+                        up_proj: Linear::f32(i, h, u.to_vec(), None),
+                        down_proj: Linear::f32(h, i, dn[x * h * i..(x + 1) * h * i].to_vec(), None),
+                    }
+                })
+                .collect()
+        } else {
+            let mixtral = self.ckpt.info(&format!("{base}.experts.0.w1.weight")).is_some();
+            let mut experts = Vec::with_capacity(e);
+            for x in 0..e {
+                let q = format!("{base}.experts.{x}");
+                experts.push(if mixtral {
+                    self.mlp(&format!("{q}.w1"), &format!("{q}.w3"), &format!("{q}.w2"), i, h, false)?
+                } else {
+                    self.mlp(&format!("{q}.gate_proj"), &format!("{q}.up_proj"), &format!("{q}.down_proj"), i, h, false)?
+                });
+            }
+            experts
+        };
+        let shared = match moe.shared_expert_intermediate_size {
+            None => None,
+            Some(si) => {
+                let s = format!("{base}.shared_expert");
+                Some(SharedExpert {
+                    mlp: self.mlp(&format!("{s}.gate_proj"), &format!("{s}.up_proj"), &format!("{s}.down_proj"), si, h, false)?,
+                    gate: self.linear(&format!("{base}.shared_expert_gate"), 1, h, false)?,
+                })
+            }
+        };
+        Ok(MoeBlock { router, experts, shared })
+    }
+}
+
+/// Empty dense MLP projections for a sparse layer (see [`LlamaLayer::gate_proj`]).
+pub(crate) fn empty_mlp(h: usize) -> (Linear, Linear, Linear) {
+    (Linear::f32(0, h, Vec::new(), None), Linear::f32(0, h, Vec::new(), None), Linear::f32(h, 0, Vec::new(), None))
 }
 
 impl LlamaWeights {
@@ -545,23 +701,43 @@ impl LlamaWeights {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for n in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{n}");
-            layers.push(LlamaLayer {
-                input_layernorm: l.tensor(&format!("{p}.input_layernorm.weight"), &[h])?,
-                q_proj: l.linear(&format!("{p}.self_attn.q_proj"), q_out, h, cfg.qkv_bias)?,
-                k_proj: l.linear(&format!("{p}.self_attn.k_proj"), kv_out, h, cfg.qkv_bias)?,
-                v_proj: l.linear(&format!("{p}.self_attn.v_proj"), kv_out, h, cfg.qkv_bias)?,
-                o_proj: l.linear(&format!("{p}.self_attn.o_proj"), h, q_out, cfg.o_bias)?,
-                post_attention_layernorm: l.tensor(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), i, h, cfg.mlp_bias)?,
-                up_proj: l.linear(&format!("{p}.mlp.up_proj"), i, h, cfg.mlp_bias)?,
-                down_proj: l.linear(&format!("{p}.mlp.down_proj"), h, i, cfg.mlp_bias)?,
-            });
+            let input_layernorm = l.tensor(&format!("{p}.input_layernorm.weight"), &[h])?;
+            let q_proj = l.linear(&format!("{p}.self_attn.q_proj"), q_out, h, cfg.qkv_bias)?;
+            let k_proj = l.linear(&format!("{p}.self_attn.k_proj"), kv_out, h, cfg.qkv_bias)?;
+            let v_proj = l.linear(&format!("{p}.self_attn.v_proj"), kv_out, h, cfg.qkv_bias)?;
+            let o_proj = l.linear(&format!("{p}.self_attn.o_proj"), h, q_out, cfg.o_bias)?;
+            let post_attention_layernorm = l.tensor(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
+            let (moe, (gate_proj, up_proj, down_proj)) = match &cfg.moe {
+                Some(m) if m.is_sparse(n) => (Some(l.moe(&p, m, h)?), empty_mlp(h)),
+                _ => {
+                    let d = l.mlp(&format!("{p}.mlp.gate_proj"), &format!("{p}.mlp.up_proj"), &format!("{p}.mlp.down_proj"), i, h, cfg.mlp_bias)?;
+                    (None, (d.gate_proj, d.up_proj, d.down_proj))
+                }
+            };
+            layers.push(LlamaLayer { input_layernorm, q_proj, k_proj, v_proj, o_proj, post_attention_layernorm, gate_proj, up_proj, down_proj, moe });
         }
         let norm = l.tensor("model.norm.weight", &[h])?;
         let has_head = l.ckpt.info("lm_head.weight").is_some();
         let lm_head = if !cfg.tie_word_embeddings || has_head { Some(l.linear("lm_head", v, h, false)?) } else { None };
         Ok(LlamaWeights { embed_tokens, layers, norm, lm_head })
     }
+}
+
+/// Perplexity of a token sequence ([`LlamaModel::perplexity`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Perplexity {
+    /// Tokens in the sequence.
+    pub tokens: usize,
+    /// Tokens scored (predicted from at least one token before them).
+    pub scored: usize,
+    /// Windows run.
+    pub windows: usize,
+    pub context: usize,
+    pub stride: usize,
+    /// Mean negative log-likelihood (nats per scored token).
+    pub nll: f64,
+    /// exp(nll)
+    pub perplexity: f64,
 }
 
 /// Keys and values of every layer for the positions seen so far.
@@ -621,9 +797,7 @@ fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
+use crate::models::moe::silu;
 
 impl LlamaModel {
     /// A model from a parsed config and its weights; `rope_layout` says how the loader laid out
@@ -646,6 +820,69 @@ impl LlamaModel {
     /// their keys and values to it, and return the logits (T, vocab) row-major. T > 1 is a prefill,
     /// T = 1 a decode step; any mix works.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
+        self.forward_impl(tokens, cache, None)
+    }
+
+    /// Perplexity of `ids` with windows of at most `context` tokens moved by `stride` (HF
+    /// "Perplexity of fixed-length models", with an exact token count): windows begin at 0,
+    /// stride, 2·stride, …; window = ids[begin..min(begin + context, n)], each run from an empty
+    /// cache; its targets are the tokens at or after the previous window's end that have a token
+    /// before them in the window; stop once a window reaches the end. With stride < context every
+    /// token but the first is scored exactly once, with at least context − stride tokens of
+    /// history (fewer only near the start); with stride = context each window's first token is
+    /// not scored. NLL = mean over targets of −log softmax(logits)[target] (f32 log-softmax,
+    /// f64 sum); perplexity = exp(NLL).
+    ///
+    /// `progress(windows_done, windows_total)` is called after each window; returning false
+    /// cancels (the result is then `Ok(None)`).
+    pub fn perplexity(&self, ids: &[u32], context: usize, stride: usize, mut progress: impl FnMut(usize, usize) -> bool) -> Result<Option<Perplexity>, ModelError> {
+        let n = ids.len();
+        if n < 2 {
+            return Err(ModelError::Inconsistent(format!("perplexity needs at least 2 tokens, the text has {n}")));
+        }
+        if context < 2 || stride == 0 || stride > context {
+            return Err(ModelError::Inconsistent(format!("perplexity: context {context} must be ≥ 2 and stride {stride} in 1..=context")));
+        }
+        let v = self.config.vocab_size;
+        // number of windows: begins 0, s, 2s, … until begin + context ≥ n
+        let total = if n <= context { 1 } else { (n - context).div_ceil(stride) + 1 };
+        let (mut nll, mut scored, mut prev_end, mut windows) = (0.0f64, 0usize, 0usize, 0usize);
+        let mut begin = 0;
+        loop {
+            let end = (begin + context).min(n);
+            let mut cache = KvCache::new(&self.config);
+            let logits = self.forward(&ids[begin..end], &mut cache)?; // (end − begin, V)
+            for g in prev_end.max(begin + 1)..end {
+                let row = &logits[(g - begin - 1) * v..(g - begin) * v];
+                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f32>().ln();
+                nll += (lse - row[ids[g] as usize]) as f64;
+                scored += 1;
+            }
+            windows += 1;
+            prev_end = end;
+            if !progress(windows, total) {
+                return Ok(None);
+            }
+            if end == n {
+                break;
+            }
+            begin += stride;
+        }
+        let mean = nll / scored as f64;
+        Ok(Some(Perplexity { tokens: n, scored, windows, context, stride, nll: mean, perplexity: mean.exp() }))
+    }
+
+    /// [`forward`](Self::forward), also returning the experts each new token used:
+    /// `trace[t][layer]` lists the top-k (expert, weight) of token t in that layer, best first
+    /// (empty for dense layers and dense models). For the Generate tab's heat map.
+    pub fn forward_traced(&self, tokens: &[u32], cache: &mut KvCache) -> Result<(Vec<f32>, ExpertTrace), ModelError> {
+        let mut trace: ExpertTrace = vec![Vec::with_capacity(self.config.num_hidden_layers); tokens.len()];
+        let logits = self.forward_impl(tokens, cache, Some(&mut trace))?;
+        Ok((logits, trace))
+    }
+
+    fn forward_impl(&self, tokens: &[u32], cache: &mut KvCache, mut trace: Option<&mut ExpertTrace>) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let (h, nh, nkv, hd) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         if cache.layers.len() != c.num_hidden_layers || cache.n_kv_heads != nkv || cache.head_dim != hd {
@@ -739,15 +976,34 @@ impl LlamaModel {
                 *xi += oi;
             }
 
-            // MLP block
+            // MLP block (dense SwiGLU, or the sparse MoE block)
             let mut hs = x.clone();
             rms_norm(&mut hs, &layer.post_attention_layernorm, c.rms_norm_eps);
-            let mut gate = layer.gate_proj.forward(&hs); // (T, I)
-            let up = layer.up_proj.forward(&hs); // (T, I)
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = silu(*g) * u;
-            }
-            let down = layer.down_proj.forward(&gate); // (T, H)
+            let down = match (&layer.moe, &c.moe) {
+                (Some(block), Some(mc)) => {
+                    let (y, choices) = block.forward(&hs, mc); // (T, H)
+                    if let Some(tr) = trace.as_deref_mut() {
+                        for (tt, ch) in tr.iter_mut().zip(choices) {
+                            tt.push(ch);
+                        }
+                    }
+                    y
+                }
+                (Some(_), None) => return Err(ModelError::Inconsistent("a layer has MoE weights but the config has no moe section".into())),
+                (None, _) => {
+                    if let Some(tr) = trace.as_deref_mut() {
+                        for tt in tr.iter_mut() {
+                            tt.push(Vec::new());
+                        }
+                    }
+                    let mut gate = layer.gate_proj.forward(&hs); // (T, I)
+                    let up = layer.up_proj.forward(&hs); // (T, I)
+                    for (g, u) in gate.iter_mut().zip(&up) {
+                        *g = silu(*g) * u;
+                    }
+                    layer.down_proj.forward(&gate) // (T, H)
+                }
+            };
             for (xi, di) in x.iter_mut().zip(&down) {
                 *xi += di;
             }
