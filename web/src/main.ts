@@ -13,6 +13,7 @@ import { gpuStatus } from './gpu';
 import { toYaml, type Json } from './yaml';
 import { fitsZip, zipStore } from './zip';
 import type { FromWorker, ToWorker } from './merge.worker';
+import { StatsPanel } from './stats';
 import { initShare } from './share-panel';
 
 type Tree = { [key: string]: Json };
@@ -522,6 +523,18 @@ function updateMergeButton() {
   btn.title = !recipeOk ? 'fix the recipe first' : missing.length ? `add files for: ${missing.join(', ')}` : '';
 }
 
+// "What the merge did" (web/src/stats.ts): a panel after the results, fed by the worker.
+let statsPanel: StatsPanel | null = null;
+function stats(): StatsPanel {
+  if (!statsPanel) {
+    const box = document.createElement('div');
+    box.id = 'stats';
+    $('results').after(box);
+    statsPanel = new StatsPanel(box);
+  }
+  return statsPanel;
+}
+
 function clearResults() {
   for (const u of resultUrls) URL.revokeObjectURL(u);
   resultUrls = [];
@@ -538,6 +551,7 @@ function setRunStatus(kind: 'info' | 'ok' | 'error' | 'cancelled', text: string)
 function startMerge() {
   if (running) return;
   clearResults();
+  stats().reset();
   const missing = missingFiles();
   if (missing.length) {
     setRunStatus('error', `Add files for ${missing.length > 1 ? 'models' : 'model'} ${missing.join(', ')} first.`);
@@ -566,10 +580,12 @@ function onWorkerMessage(m: FromWorker) {
     bar.max = 1;
     bar.value = m.total_bytes > 0 ? m.done_bytes / m.total_bytes : m.total_tensors > 0 ? m.done_tensors / m.total_tensors : 0;
     $('progress-text').textContent = `${m.done_tensors} / ${m.total_tensors} tensors · ${formatBytes(m.done_bytes)} of ${formatBytes(m.total_bytes)} · ${m.tensor}`;
+    stats().add(m.stats);
   } else if (m.type === 'done') {
     const r = m.report;
     finishRun('ok', `Done in ${(m.ms / 1000).toFixed(2)} s: ${r.tensors} tensors, ${r.parameters.toLocaleString('en-US')} parameters, ${formatBytes(r.bytes_written)} written.`);
     showResults(m.files);
+    stats().finish(m.report.stats, m.report.stats_csv);
   } else if (m.type === 'error') {
     if (m.fatal) {
       worker?.terminate();
@@ -595,6 +611,7 @@ function cancelMerge() {
   worker?.terminate(); // stops the engine mid-tensor; its partial output dies with it
   worker = newWorker();
   clearResults();
+  stats().reset();
   finishRun('cancelled', 'Merge cancelled: nothing was written.');
 }
 

@@ -2,6 +2,7 @@
 // (FileReaderSync, one tensor at a time) and streams each output file back in chunks.
 // Cancel = the page terminates this worker (and starts a fresh one): nothing half-written escapes.
 import init, { last_panic, merge } from '../pkg/crucible.js';
+import type { StatsRow } from './stats';
 
 export type ToWorker = {
   type: 'merge';
@@ -13,8 +14,10 @@ export type ToWorker = {
 
 export type FromWorker =
   | { type: 'ready' }
-  | { type: 'progress'; done_tensors: number; total_tensors: number; done_bytes: number; total_bytes: number; tensor: string }
-  | { type: 'done'; files: { name: string; blob: Blob }[]; ms: number; report: { tensors: number; parameters: number; bytes_written: number } }
+  // stats: the "what the merge did" rows finished since the previous progress message
+  | { type: 'progress'; done_tensors: number; total_tensors: number; done_bytes: number; total_bytes: number; tensor: string; stats?: StatsRow[] }
+  // report.stats: every row; report.stats_csv: the CSV `crucible merge --stats` writes
+  | { type: 'done'; files: { name: string; blob: Blob }[]; ms: number; report: { tensors: number; parameters: number; bytes_written: number; stats?: StatsRow[]; stats_csv?: string } }
   | { type: 'error'; message: string; fatal?: boolean };
 
 const ctx = globalThis as unknown as {
@@ -44,7 +47,7 @@ ctx.addEventListener('message', async (e) => {
       msg.files,
       msg.seed,
       msg.outShardSize,
-      (p: { done_tensors: number; total_tensors: number; done_bytes: number; total_bytes: number; tensor: string }) =>
+      (p: { done_tensors: number; total_tensors: number; done_bytes: number; total_bytes: number; tensor: string; stats?: StatsRow[] }) =>
         ctx.postMessage({ type: 'progress', ...p }),
       (kind: string, file: string, arg: unknown) => {
         if (kind === 'create') parts.set(file, []);

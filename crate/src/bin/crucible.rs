@@ -68,6 +68,11 @@ breadcrumbs_ties, della, della_linear, model_stock, nearswap, sce, arcee_fusion,
             /// Print only errors (no progress, no summary).
             #[arg(long, short)]
             quiet: bool,
+            /// Also write "what the merge did" per tensor to this CSV file (task-vector norms, cosines, sign
+            /// conflicts, trimmed fraction, SLERP angle, ‖merged − base‖; columns: crucible::merge::stats). The
+            /// page's "Download statistics (CSV)" gives the same bytes.
+            #[arg(long, value_name = "FILE.csv")]
+            stats: Option<PathBuf>,
         },
         /// Generate text from a prompt with a GGUF model on the CPU, streamed to stdout.
         #[command(long_about = "Generate text from a prompt with a GGUF model (llama architecture, gpt2 byte-level BPE \
@@ -164,7 +169,7 @@ Sampling defaults to HF transformers' (temperature 1, top-k 50); --greedy takes 
         if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
     }
 
-    fn merge(recipe_path: &Path, out_dir: &Path, seed: u64, out_shard_size: Option<u64>, quiet: bool) -> Result<String, String> {
+    fn merge(recipe_path: &Path, out_dir: &Path, seed: u64, out_shard_size: Option<u64>, quiet: bool, stats_path: Option<&Path>) -> Result<String, String> {
         let started = Instant::now();
         let text = std::fs::read_to_string(recipe_path).map_err(|e| format!("{}: {e}", recipe_path.display()))?;
         let recipe = Recipe::from_yaml(&text).map_err(|e| format!("{}: {e}", recipe_path.display()))?;
@@ -194,8 +199,16 @@ Sampling defaults to HF transformers' (temperature 1, top-k 50); --greedy takes 
             }
             last_pct = pct;
         };
-        let mut opts = MergeOptions { seed, out_shard_size, progress: Some(&mut on_progress), cancelled: None, observer: None };
+        let mut stats = crucible::merge::stats::StatsCollector::new();
+        let observer: Option<&mut dyn crucible::merge::run::MergeObserver> = if stats_path.is_some() { Some(&mut stats) } else { None };
+        let mut opts = MergeOptions { seed, out_shard_size, progress: Some(&mut on_progress), cancelled: None, observer };
         let result = run_merge(&recipe, &mut open_model, &mut out, &mut opts);
+        let result = match (result, stats_path) {
+            (Ok(report), Some(path)) => std::fs::write(path, stats.to_csv())
+                .map(|_| report)
+                .map_err(|e| format!("the merge is complete in {}, but writing the statistics to {} failed: {e}", out_dir.display(), path.display())),
+            (r, _) => r.map_err(|e| e.to_string()),
+        };
         if tty && !quiet {
             eprint!("\r\x1b[2K");
         }
@@ -218,7 +231,7 @@ Sampling defaults to HF transformers' (temperature 1, top-k 50); --greedy takes 
                 if !existed {
                     let _ = std::fs::remove_dir(out_dir);
                 }
-                Err(e.to_string())
+                Err(e)
             }
         }
     }
@@ -339,7 +352,7 @@ prefill: {:.1} tokens/s ({} tokens in {prefill_s:.3}s)\ndecode: {:.1} tokens/s (
                     ExitCode::FAILURE
                 }
             },
-            Command::Merge { recipe, out_dir, seed, out_shard_size, quiet } => match merge(&recipe, &out_dir, seed, out_shard_size, quiet) {
+            Command::Merge { recipe, out_dir, seed, out_shard_size, quiet, stats } => match merge(&recipe, &out_dir, seed, out_shard_size, quiet, stats.as_deref()) {
                 Ok(summary) => {
                     if !quiet {
                         eprintln!("{summary}");
