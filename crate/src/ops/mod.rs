@@ -4,9 +4,14 @@
 //! plain slices that the GPU result is tested against (crate/tests/gpu_native.rs natively on
 //! lavapipe, crate/tests/gpu_web.rs in Chromium).
 
+pub mod add;
+pub mod attention;
+pub mod embed;
 pub mod matmul;
 pub mod qmatvec;
 pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
 pub mod weighted_sum;
 
 use crate::gpu::GpuError;
