@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use crate::formats::io::{ByteSink, ByteSource, IoError};
-use crate::formats::safetensors::{FormatError, TensorInfo, read_header, read_tensor, read_tensor_bytes};
+use crate::formats::safetensors::{FormatError, TensorInfo, read_header, read_tensor, read_tensor_bytes, read_tensor_range};
 
 /// The index of a sharded safetensors checkpoint (Hugging Face and mergekit naming).
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -39,6 +39,20 @@ pub trait ModelFiles {
 pub trait OutputDir {
     /// Start writing `file`. The sink leaves nothing that looks complete until `finish`.
     fn create(&mut self, file: &str) -> Result<Box<dyn ByteSink>, IoError>;
+}
+
+/// A borrowed output directory is one (the CLI lends its `DirOutput` to a merge that owns its
+/// writer).
+impl<T: OutputDir + ?Sized> OutputDir for &mut T {
+    fn create(&mut self, file: &str) -> Result<Box<dyn ByteSink>, IoError> {
+        (**self).create(file)
+    }
+}
+
+impl<T: OutputDir + ?Sized> OutputDir for Box<T> {
+    fn create(&mut self, file: &str) -> Result<Box<dyn ByteSink>, IoError> {
+        (**self).create(file)
+    }
 }
 
 /// One safetensors file of a checkpoint, kept open.
@@ -168,6 +182,14 @@ impl Checkpoint {
         let model = self.files.name().to_string();
         let (shard, info) = self.locate(name)?;
         read_tensor(shard.src.as_mut(), info, out).map_err(|e| in_model(&model, e))
+    }
+
+    /// Read elements `start .. start + count` of tensor `name` (flattened) widened to f32 into
+    /// `out` (cleared first): one element chunk of a large tensor.
+    pub fn read_range(&mut self, name: &str, start: usize, count: usize, out: &mut Vec<f32>) -> Result<(), FormatError> {
+        let model = self.files.name().to_string();
+        let (shard, info) = self.locate(name)?;
+        read_tensor_range(shard.src.as_mut(), info, start, count, out).map_err(|e| in_model(&model, e))
     }
 
     /// Read tensor `name`'s raw bytes (in its file dtype) into `out` (cleared first).
@@ -354,6 +376,10 @@ mod tests {
         assert_eq!(out, [1.0, 2.0]);
         ck.read("b", &mut out).unwrap();
         assert_eq!(out, [3.0]);
+        ck.read_range("c", 1, 1, &mut out).unwrap();
+        assert_eq!(out, [5.0]);
+        let e = ck.read_range("c", 1, 2, &mut out).unwrap_err().to_string();
+        assert!(e.contains("model m1") && e.contains("tensor c") && e.contains("the tensor has 2"), "{e}");
         let e = ck.read("zz", &mut out).unwrap_err().to_string();
         assert!(e.contains("model m1") && e.contains("no tensor zz"), "{e}");
         assert_eq!(ck.config().unwrap().unwrap()["num_hidden_layers"], 2);

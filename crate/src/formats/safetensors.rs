@@ -287,6 +287,31 @@ pub fn read_tensor(src: &mut dyn ByteSource, info: &TensorInfo, out: &mut Vec<f3
     Ok(())
 }
 
+/// Read elements `start .. start + count` of one tensor (flattened, row-major) widened to f32:
+/// `out` is cleared and then holds `count` values. The streamed merge reads a large tensor this
+/// way, one element chunk at a time, so no full-size buffer exists.
+pub fn read_tensor_range(src: &mut dyn ByteSource, info: &TensorInfo, start: usize, count: usize, out: &mut Vec<f32>) -> Result<(), FormatError> {
+    out.clear();
+    check_readable(src, info)?;
+    let numel = info.numel();
+    if start.checked_add(count).is_none_or(|e| e > numel) {
+        return Err(tensor_err(src.name(), &info.name, format!("elements {start}..{} requested but the tensor has {numel}", start.saturating_add(count))));
+    }
+    out.reserve_exact(count);
+    let size = info.dtype.size() as u64;
+    let begin = info.offset + start as u64 * size;
+    let len = count as u64 * size;
+    let mut buf = vec![0u8; (len as usize).min(CHUNK_BYTES)];
+    let mut pos = 0u64;
+    while pos < len {
+        let n = ((len - pos) as usize).min(CHUNK_BYTES);
+        src.read_at(begin + pos, &mut buf[..n]).map_err(|e| io_in_tensor(e, &info.name))?;
+        info.dtype.decode_into(&buf[..n], out);
+        pos += n as u64;
+    }
+    Ok(())
+}
+
 /// Read one tensor's raw little-endian bytes (for copying a tensor through unchanged).
 pub fn read_tensor_bytes(src: &mut dyn ByteSource, info: &TensorInfo, out: &mut Vec<u8>) -> Result<(), FormatError> {
     out.clear();
@@ -377,6 +402,8 @@ pub struct Writer<S: ByteSink> {
     next: usize,
     buf: Vec<u8>,
     failed: bool,
+    /// Elements of tensor `next` already written by `write_tensor_part` (0: none).
+    part: usize,
 }
 
 impl<S: ByteSink> Writer<S> {
@@ -391,6 +418,7 @@ impl<S: ByteSink> Writer<S> {
             next: 0,
             buf: Vec::new(),
             failed: false,
+            part: 0,
         })
     }
 
@@ -403,6 +431,10 @@ impl<S: ByteSink> Writer<S> {
         let file = self.sink.name().to_string();
         if self.failed {
             return Err(tensor_err(&file, name, "an earlier write to this file failed"));
+        }
+        if self.part > 0 {
+            let (t, _, numel) = &self.tensors[self.next];
+            return Err(tensor_err(&file, name, format!("tensor {t} is partly written ({} of {numel} values): write the rest with write_tensor_part first", self.part)));
         }
         let Some((expected, dtype, numel)) = self.tensors.get(self.next) else {
             return Err(tensor_err(&file, name, format!("all {} declared tensors are already written", self.tensors.len())));
@@ -435,6 +467,42 @@ impl<S: ByteSink> Writer<S> {
         Ok(())
     }
 
+    /// Write the next `values.len()` values of the current tensor (a streamed merge produces a
+    /// large tensor in element chunks). The tensor is complete once all its values are written;
+    /// the bytes are the same as one `write_tensor` call with all the values.
+    pub fn write_tensor_part(&mut self, name: &str, values: &[f32]) -> Result<(), FormatError> {
+        let file = self.sink.name().to_string();
+        if self.failed {
+            return Err(tensor_err(&file, name, "an earlier write to this file failed"));
+        }
+        let Some((expected, dtype, numel)) = self.tensors.get(self.next).cloned() else {
+            return Err(tensor_err(&file, name, format!("all {} declared tensors are already written", self.tensors.len())));
+        };
+        if expected != name {
+            let declared = self.tensors.iter().any(|t| t.0 == name);
+            let why = if declared { "written out of order" } else { "not declared in the header" };
+            return Err(tensor_err(&file, name, format!("{why}: the next tensor in the header is {expected}")));
+        }
+        if self.part + values.len() > numel {
+            return Err(tensor_err(&file, name, format!("got {} more values after {}, the header declares {numel}", values.len(), self.part)));
+        }
+        let per = CHUNK_BYTES / dtype.size();
+        for chunk in values.chunks(per.max(1)) {
+            self.buf.clear();
+            dtype.encode_into(chunk, &mut self.buf);
+            if let Err(e) = self.sink.write_all(&self.buf) {
+                self.failed = true;
+                return Err(io_in_tensor(e, name));
+            }
+        }
+        self.part += values.len();
+        if self.part == numel {
+            self.part = 0;
+            self.next += 1;
+        }
+        Ok(())
+    }
+
     /// Write the next tensor's bytes as they are (already little-endian in its declared dtype).
     pub fn write_tensor_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<(), FormatError> {
         self.check_next(name, bytes.len(), "bytes")?;
@@ -452,7 +520,10 @@ impl<S: ByteSink> Writer<S> {
         if self.failed {
             return Err(header_err(&file, "not finished: an earlier write failed"));
         }
-        if let Some((missing, _, _)) = self.tensors.get(self.next) {
+        if let Some((missing, _, numel)) = self.tensors.get(self.next) {
+            if self.part > 0 {
+                return Err(tensor_err(&file, missing, format!("not fully written: {} of {numel} values", self.part)));
+            }
             return Err(tensor_err(&file, missing, format!("not written: finish() called after {} of {} tensors", self.next, self.tensors.len())));
         }
         self.sink.finish()?;
@@ -601,6 +672,54 @@ mod tests {
         assert_eq!(out, [1.0]);
         let e = Writer::new(MemSink::default(), &decl(&[("a", DType::F32, &[1]), ("a", DType::F32, &[1])]), &BTreeMap::new()).err().unwrap().to_string();
         assert!(e.contains("tensor a") && e.contains("declared twice"), "{e}");
+    }
+
+    /// A tensor written in parts (and read back in ranges) gives the same bytes and values as
+    /// one whole write / read, including parts that straddle the encoder's internal chunks.
+    #[test]
+    fn partial_writes_and_range_reads_equal_whole() {
+        for dt in DType::ALL {
+            let n = CHUNK_BYTES / dt.size() + 1000;
+            let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let t = decl(&[("a", DType::F32, &[3]), ("big", dt, &[n]), ("z", dt, &[2])]);
+            let whole = write(&t, &[vec![1.0, 2.0, 3.0], v.clone(), vec![4.0, 5.0]], &BTreeMap::new());
+            let mut w = Writer::new(MemSink { name: "p.safetensors".into(), ..Default::default() }, &t, &BTreeMap::new()).unwrap();
+            w.write_tensor("a", &[1.0, 2.0, 3.0]).unwrap();
+            let cuts = [0, 7, 7, 100_003, n - 1, n];
+            for c in cuts.windows(2) {
+                w.write_tensor_part("big", &v[c[0]..c[1]]).unwrap();
+                if c[1] < n {
+                    let e = w.write_tensor("big", &v).unwrap_err().to_string();
+                    assert!(e.contains("partly written"), "{e}");
+                }
+            }
+            let e = w.write_tensor_part("big", &[1.0]).unwrap_err().to_string();
+            assert!(e.contains("out of order") || e.contains("next tensor in the header is z"), "{e}");
+            w.write_tensor_part("z", &[4.0]).unwrap();
+            let e = w.write_tensor_part("z", &[4.0, 5.0]).unwrap_err().to_string();
+            assert!(e.contains("2 more values after 1"), "{e}");
+            w.write_tensor_part("z", &[5.0]).unwrap();
+            let parts = w.finish().unwrap().bytes;
+            assert_eq!(parts, whole, "{dt}");
+            let mut src = MemSource { name: "p".into(), bytes: whole };
+            let h = read_header(&mut src).unwrap();
+            let info = h.get("big").unwrap().clone();
+            let mut all = Vec::new();
+            read_tensor(&mut src, &info, &mut all).unwrap();
+            let mut out = Vec::new();
+            for c in cuts.windows(2) {
+                read_tensor_range(&mut src, &info, c[0], c[1] - c[0], &mut out).unwrap();
+                assert_eq!(out, all[c[0]..c[1]], "{dt} {c:?}");
+            }
+            let e = read_tensor_range(&mut src, &info, n - 1, 2, &mut out).unwrap_err().to_string();
+            assert!(e.contains("tensor big") && e.contains(&format!("the tensor has {n}")), "{e}");
+        }
+        // Finishing with a tensor half written names it.
+        let t = decl(&[("x", DType::F32, &[4])]);
+        let mut w = Writer::new(MemSink { name: "h.safetensors".into(), ..Default::default() }, &t, &BTreeMap::new()).unwrap();
+        w.write_tensor_part("x", &[1.0, 2.0]).unwrap();
+        let e = w.finish().err().unwrap().to_string();
+        assert!(e.contains("tensor x") && e.contains("2 of 4 values"), "{e}");
     }
 
     #[test]

@@ -181,12 +181,15 @@ fn py_json_str(s: &str) -> String {
     o
 }
 
-/// Writes a [`ShardedLayout`] to an [`OutputDir`], one tensor at a time in
-/// [`ShardedLayout::write_order`]. Every shard stays unfinished (a native `.partial` file) until
-/// [`ShardedWriter::finish`], which finishes them all and then writes the index: an error or a
-/// cancel at any point (dropping the writer) leaves no complete-looking file behind.
-pub struct ShardedWriter<'a> {
-    out: &'a mut dyn OutputDir,
+/// Writes a [`ShardedLayout`] to an [`OutputDir`], one tensor (or one element chunk of a tensor)
+/// at a time in [`ShardedLayout::write_order`]. Every shard stays unfinished (a native `.partial`
+/// file) until [`ShardedWriter::finish`], which finishes them all and then writes the index: an
+/// error or a cancel at any point (dropping the writer) leaves no complete-looking file behind.
+///
+/// The writer owns its output (`O` may be a `&mut` borrow of one), so a merge driven step by
+/// step (the page's worker) can keep it between steps.
+pub struct ShardedWriter<O: OutputDir> {
+    out: O,
     layout: ShardedLayout,
     metadata: BTreeMap<String, String>,
     /// Shards fully written, waiting for `finish`.
@@ -196,14 +199,19 @@ pub struct ShardedWriter<'a> {
     next_shard: usize,
 }
 
-impl<'a> ShardedWriter<'a> {
+impl<O: OutputDir> ShardedWriter<O> {
     /// `metadata` goes into every shard's header (`{"format": "pt"}` to match mergekit).
-    pub fn new(out: &'a mut dyn OutputDir, layout: ShardedLayout, metadata: &BTreeMap<String, String>) -> ShardedWriter<'a> {
+    pub fn new(out: O, layout: ShardedLayout, metadata: &BTreeMap<String, String>) -> ShardedWriter<O> {
         ShardedWriter { out, layout, metadata: metadata.clone(), done: Vec::new(), current: None, next_shard: 0 }
     }
 
     pub fn layout(&self) -> &ShardedLayout {
         &self.layout
+    }
+
+    /// The output directory (to create side files next to the shards).
+    pub fn out_mut(&mut self) -> &mut O {
+        &mut self.out
     }
 
     /// The tensor expected next, or None when all are written.
@@ -239,6 +247,14 @@ impl<'a> ShardedWriter<'a> {
         Ok(())
     }
 
+    /// Append the next `values.len()` values of the current tensor (see
+    /// [`Writer::write_tensor_part`]); same bytes as one `write_tensor` with all of them.
+    pub fn write_tensor_part(&mut self, name: &str, values: &[f32]) -> Result<(), FormatError> {
+        self.writer(name)?.write_tensor_part(name, values)?;
+        self.after_write();
+        Ok(())
+    }
+
     /// Write the next tensor's raw bytes (already in its planned dtype).
     pub fn write_tensor_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<(), FormatError> {
         self.writer(name)?.write_tensor_bytes(name, bytes)?;
@@ -247,8 +263,8 @@ impl<'a> ShardedWriter<'a> {
     }
 
     /// Finish every shard (checking each is complete), then write the index if there are several.
-    /// Returns the files written, index last.
-    pub fn finish(mut self) -> Result<Vec<String>, FormatError> {
+    /// Returns the files written, index last, and the output directory back.
+    pub fn finish(mut self) -> Result<(Vec<String>, O), FormatError> {
         if let Some(w) = self.current.take() {
             // Incomplete: its finish() names the first missing tensor.
             w.finish()?;
@@ -267,7 +283,7 @@ impl<'a> ShardedWriter<'a> {
             sink.finish()?;
             files.push(INDEX_FILE.to_string());
         }
-        Ok(files)
+        Ok((files, self.out))
     }
 }
 
@@ -376,7 +392,7 @@ mod tests {
             w.write_tensor(name, &values(name)).unwrap();
         }
         assert_eq!(w.next_tensor(), None);
-        let files = w.finish().unwrap();
+        let (files, _) = w.finish().unwrap();
         assert_eq!(files.len(), 3);
         assert_eq!(std::fs::read(dir.join("model-00001-of-00002.safetensors")).unwrap(), shard1);
         assert_eq!(std::fs::read(dir.join("model-00002-of-00002.safetensors")).unwrap(), shard2);
@@ -400,7 +416,7 @@ mod tests {
             let mut w = ShardedWriter::new(&mut out, ShardedLayout::new(&saved, 32).unwrap(), &BTreeMap::new());
             w.write_tensor("a", &[1.0; 8]).unwrap();
             if early_finish {
-                let e = w.finish().unwrap_err().to_string();
+                let e = w.finish().err().unwrap().to_string();
                 assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("tensor b") && e.contains("not written"), "{e}");
             } else {
                 let e = w.write_tensor("b", &[1.0; 7]).unwrap_err().to_string();

@@ -10,6 +10,18 @@
 //!
 //! Memory: one f32 buffer per input model, each reused from tensor to tensor, plus the merged
 //! tensor and the method's temporaries: about (#models + 2) × the largest tensor, never the model.
+//! Elementwise methods go further: a tensor larger than [`CHUNK_ELEMENTS`] is read, merged and
+//! written in element chunks ([`elementwise`] says which tensors qualify), so their memory is
+//! (#models + 2) × one chunk whatever the tensor size; the bytes are identical to a whole-tensor
+//! merge because every output element depends only on the same element of each input.
+//!
+//! Driving: [`MergeJob`] holds an opened, planned merge and advances it one tensor (or one chunk)
+//! per [`MergeJob::step`], so the page's worker can await asynchronous disk writes between steps;
+//! [`run_merge`] is the loop over those steps that the CLI uses.
+//!
+//! Model card: a short `README.md` ([`model_card`]) is written next to the weights, from the
+//! recipe and the plan only (no clock, no paths other than the recipe's), so the CLI and the page
+//! write the same bytes.
 //!
 //! Nothing half-written: every output sink stays unfinished (a native `NAME.partial`) until all
 //! tensors are written; an error or a cancel drops them, which removes the partial files.
@@ -22,9 +34,10 @@ use crate::formats::checkpoint::{Checkpoint, ModelFiles, OutputDir};
 use crate::formats::io::{ByteSink, IoError};
 use crate::formats::safetensors::FormatError;
 use crate::formats::sharded::{DEFAULT_SHARD_SIZE, ShardedLayout, ShardedWriter};
-use crate::merge::methods::{MethodReport, merge_tensor_report};
+use crate::merge::Scalar;
+use crate::merge::methods::{Method, MethodReport, merge_tensor_report};
 use crate::merge::plan::{ModelSummary, Plan, PlanError, PlannedTensor, TensorMeta, build_plan};
-use crate::merge::recipe::{Recipe, RecipeError, TokenizerSource};
+use crate::merge::recipe::{Layout, Parameters, Recipe, RecipeError, Setting, TokenizerSource};
 use crate::merge::rng::{Randomness, SeededRandomness};
 use crate::merge::{MergeError, MergeInputs, ModelTensor};
 
@@ -34,9 +47,10 @@ pub struct MergeOptions<'a> {
     pub seed: u64,
     /// Maximum bytes of tensor data per output file (`--out-shard-size`); default 5B like mergekit.
     pub out_shard_size: Option<u64>,
-    /// Called after each output tensor is written.
+    /// Called after each output tensor is written (not after each chunk).
     pub progress: Option<&'a mut dyn FnMut(&Progress)>,
-    /// Polled between tensors; `true` stops the merge with `RunError::Cancelled`.
+    /// Polled between tensors (and between the chunks of a chunked tensor); `true` stops the
+    /// merge with `RunError::Cancelled`.
     pub cancelled: Option<&'a dyn Fn() -> bool>,
     /// Sees every merged tensor (or chunk of one) with its inputs: the "what the merge did"
     /// statistics (`merge::stats`) are computed here while streaming, at no extra read.
@@ -44,8 +58,10 @@ pub struct MergeOptions<'a> {
 }
 
 /// Watches a merge tensor by tensor. For a tensor merged in element chunks, `observe` is called
-/// once per chunk (`offset` = index of the chunk's first element in the flattened tensor;
-/// `inputs.models[i].data` and `merged` are the chunk's values), then `tensor_done` once.
+/// once per chunk, in order (`offset` = index of the chunk's first element in the flattened
+/// tensor; `inputs.models[i].data` and `merged` are the chunk's values and `inputs.shape` is
+/// `[chunk length]`; `t.shape` is the tensor's), then `tensor_done` once. A tensor merged whole
+/// is one call with `offset` 0 and `inputs.shape == t.shape`.
 pub trait MergeObserver {
     /// `inputs` are the values the method saw (already cast to the load dtype); `merged` is what it
     /// returned (before encoding to the output dtype).
@@ -128,6 +144,13 @@ pub const TOKENIZER_FILES: [&str; 10] = [
 /// The recipe file written next to the output, as mergekit does.
 pub const RECIPE_FILE: &str = "mergekit_config.yml";
 
+/// The model card written next to the output ([`model_card`]).
+pub const CARD_FILE: &str = "README.md";
+
+/// Elements per chunk when an elementwise method streams a large tensor (4 Mi: 16 MB per f32
+/// buffer; a 32000 × 4096 embedding is 32 chunks).
+pub const CHUNK_ELEMENTS: usize = 1 << 22;
+
 /// How `run_merge` opens a model reference (a native directory, the page's `File`s).
 pub type OpenModel<'a> = dyn FnMut(&str) -> Result<Box<dyn ModelFiles>, IoError> + 'a;
 
@@ -160,7 +183,7 @@ impl ByteSink for Counting {
 }
 
 struct CountingDir<'a> {
-    inner: &'a mut dyn OutputDir,
+    inner: Box<dyn OutputDir + 'a>,
     count: Rc<Cell<u64>>,
 }
 
@@ -215,6 +238,162 @@ pub fn save_order(plan: &Plan) -> Vec<usize> {
     order
 }
 
+/// Whether `t` can be merged in element chunks with the same result as whole: every output
+/// element is a function of the same element of each input and of per-tensor constants known
+/// before reading (weights, `t`, `lambda`, …), never of other elements.
+///
+/// - `linear`, `task_arithmetic`, `nearswap`, `passthrough`: always (`normalize` divides by a
+///   sum of weights, not of values; TIES-style consensus is per element).
+/// - `ties`, `dare_ties`, `dare_linear`, `breadcrumbs`, `breadcrumbs_ties`, `della`,
+///   `della_linear`: only when no model is sparsified (every non-base `density` ≥ 1, mergekit's
+///   no-op): magnitude top-k, Breadcrumbs' sorted ranges, DELLA's per-row ranks and the L1
+///   rescale all look at the whole tensor, and DARE's masks are drawn per tensor.
+/// - `slerp`, `nuslerp`, `multislerp`, `karcher` (norms and dots), `model_stock` (cosines),
+///   `sce` (variance top-k and per-tensor energies), `arcee_fusion` (quantiles): never.
+pub fn elementwise(t: &PlannedTensor) -> bool {
+    match t.method {
+        Method::Linear | Method::TaskArithmetic | Method::Nearswap | Method::Passthrough => true,
+        Method::Ties | Method::DareTies | Method::DareLinear | Method::Breadcrumbs | Method::BreadcrumbsTies | Method::Della | Method::DellaLinear => {
+            t.inputs.iter().enumerate().filter(|(i, _)| Some(*i) != t.base).all(|(_, input)| match input.params.get("density") {
+                // mergekit's default density is 1.0 for every task-vector method
+                None => true,
+                Some(Scalar::Float(d)) => *d >= 1.0,
+                Some(Scalar::Bool(b)) => *b,
+                // a string the method would parse: decide the same way, else merge whole (and
+                // let the method report the bad value)
+                Some(Scalar::Str(s)) => s.trim().parse::<f64>().is_ok_and(|d| d >= 1.0),
+            })
+        }
+        Method::Slerp | Method::Nuslerp | Method::Multislerp | Method::Karcher | Method::ModelStock | Method::Sce | Method::ArceeFusion => false,
+    }
+}
+
+/// One parameter setting as the model card shows it.
+fn describe_setting(s: &Setting) -> String {
+    match s {
+        Setting::Scalar(v) => v.describe(),
+        Setting::Gradient(vs) => format!("[{}] (gradient over the layers)", vs.iter().map(|v| v.describe()).collect::<Vec<_>>().join(", ")),
+        Setting::Filters(fs) => fs
+            .iter()
+            .map(|f| format!("{}: {}", f.filter.as_deref().unwrap_or("default"), describe_setting(&f.value)))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+fn describe_params(p: &Parameters) -> String {
+    p.0.iter().map(|(k, v)| format!("{k} = {}", describe_setting(v))).collect::<Vec<_>>().join(", ")
+}
+
+/// A Markdown code span holding `s` whatever backticks it contains (CommonMark: a longer fence).
+fn code(s: &str) -> String {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in s.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    let pad = if s.starts_with('`') || s.ends_with('`') { " " } else { "" };
+    format!("{fence}{pad}{s}{pad}{fence}")
+}
+
+/// A YAML double-quoted scalar (JSON string syntax is valid YAML 1.2).
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string always serializes")
+}
+
+/// The model card (`README.md`) of a merge: Hugging Face front matter (`base_model`: every model
+/// merged, `tags: [merge, mergekit, crucible]`, `library_name: transformers`), how it was made
+/// (method, base, models or slices with their parameters, dtypes, tokenizer, the output's size),
+/// the recipe as `mergekit_config.yml` holds it, and the Crucible version. It depends on the
+/// recipe and the plan only — no clock, no machine — so every run of a recipe writes the same bytes.
+pub fn model_card(recipe: &Recipe, plan: &Plan) -> String {
+    let mut o = String::new();
+    o.push_str("---\nbase_model:\n");
+    for m in recipe.referenced_models() {
+        o.push_str(&format!("- {}\n", yaml_str(&m)));
+    }
+    o.push_str("library_name: transformers\ntags:\n- merge\n- mergekit\n- crucible\n---\n\n");
+    o.push_str("# Merged model\n\n");
+    let method = recipe.merge_method;
+    o.push_str(&format!(
+        "This model is a merge of pre-trained language models made with Crucible, which runs mergekit {} recipes in the browser or with its `crucible merge` command.\n\n",
+        crate::formats::sharded::MERGEKIT_VERSION
+    ));
+    o.push_str("## How it was made\n\n");
+    o.push_str(&format!("- **Method:** {} — {}\n", code(method.name()), method.info().help));
+    match &recipe.base_model {
+        Some(b) => o.push_str(&format!("- **Base model:** {}\n", code(b))),
+        None => o.push_str("- **Base model:** none\n"),
+    }
+    match &recipe.layout {
+        Layout::Models(ms) => {
+            o.push_str("- **Models:**\n");
+            for m in ms {
+                let p = if m.parameters.is_empty() { String::new() } else { format!(" ({})", describe_params(&m.parameters)) };
+                o.push_str(&format!("  - {}{p}\n", code(&m.model)));
+            }
+        }
+        Layout::Slices(ss) => {
+            o.push_str("- **Slices** (output layers in order):\n");
+            for (i, sl) in ss.iter().enumerate() {
+                let srcs: Vec<String> = sl
+                    .sources
+                    .iter()
+                    .map(|src| {
+                        let p = if src.parameters.is_empty() { String::new() } else { format!(" ({})", describe_params(&src.parameters)) };
+                        format!("{} layers {}–{}{p}", code(&src.model), src.layer_range[0], src.layer_range[1])
+                    })
+                    .collect();
+                let extra = if sl.parameters.is_empty() { String::new() } else { format!("; parameters: {}", describe_params(&sl.parameters)) };
+                o.push_str(&format!("  {}. {}{extra}\n", i + 1, srcs.join(" + ")));
+            }
+        }
+    }
+    if !recipe.parameters.is_empty() {
+        o.push_str(&format!("- **Parameters:** {}\n", describe_params(&recipe.parameters)));
+    }
+    if let Some(d) = recipe.dtype {
+        o.push_str(&format!("- **Loaded as:** {}\n", d.torch_name()));
+    }
+    let mut out_dtypes: Vec<&str> = Vec::new();
+    for t in &plan.tensors {
+        let n = t.out_dtype.torch_name();
+        if !out_dtypes.contains(&n) {
+            out_dtypes.push(n);
+        }
+    }
+    match &recipe.tokenizer_source {
+        Some(TokenizerSource::Base) => o.push_str("- **Tokenizer:** from the base model\n"),
+        Some(TokenizerSource::Model(m)) => o.push_str(&format!("- **Tokenizer:** from {}\n", code(m))),
+        None => o.push_str(&format!("- **Config and tokenizer:** from {}\n", code(&plan.config_donor))),
+    }
+    o.push_str(&format!(
+        "- **Output:** {} tensors, {} parameters, {} layers ({} layout), saved as {}\n\n",
+        plan.tensors.len(),
+        plan.total_params(),
+        plan.num_hidden_layers,
+        plan.architecture.name(),
+        out_dtypes.join(", ")
+    ));
+    o.push_str("## Recipe\n\n");
+    o.push_str(&format!("The same recipe is in `{RECIPE_FILE}`; `mergekit-yaml {RECIPE_FILE} OUTPUT_DIR` runs it with mergekit.\n\n"));
+    let yaml = recipe.to_yaml();
+    let mut longest = 0;
+    for line in yaml.lines() {
+        let n = line.chars().take_while(|&c| c == '`').count();
+        longest = longest.max(n);
+    }
+    let fence = "`".repeat(longest.max(2) + 1);
+    o.push_str(&format!("{fence}yaml\n{yaml}"));
+    if !yaml.ends_with('\n') {
+        o.push('\n');
+    }
+    o.push_str(&format!("{fence}\n\nMade with Crucible {}.\n", env!("CARGO_PKG_VERSION")));
+    o
+}
+
 /// `run_merge` with a caller-supplied source of random masks (tests inject recorded masks).
 #[allow(clippy::result_large_err)]
 pub fn run_merge_with(
@@ -224,165 +403,268 @@ pub fn run_merge_with(
     opts: &mut MergeOptions,
     rng: &mut dyn Randomness,
 ) -> Result<MergeReport, RunError> {
-    // 1. Open every input (headers only) and summarize it for the planner.
-    let names = recipe.referenced_models();
-    let mut checkpoints: Vec<Checkpoint> = Vec::with_capacity(names.len());
-    let mut summaries: Vec<ModelSummary> = Vec::with_capacity(names.len());
-    for name in &names {
-        let files = open_model(name).map_err(|source| RunError::Open { model: name.clone(), source })?;
-        let mut ck = Checkpoint::open(files).map_err(|source| RunError::Checkpoint { model: name.clone(), source })?;
-        let config = ck.config().map_err(|source| RunError::Checkpoint { model: name.clone(), source })?;
-        let tensors: Vec<(String, TensorMeta)> = ck
-            .tensor_names()
-            .filter_map(|t| ck.info(t).map(|i| (t.to_string(), TensorMeta { dtype: i.dtype, shape: i.shape.clone() })))
-            .collect();
-        summaries.push(ModelSummary::new(name.clone(), config, tensors));
-        checkpoints.push(ck);
-    }
-    let index_of: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
-
-    // 2. Plan every output tensor (all structural errors surface here, before any output exists).
-    let plan = build_plan(recipe, &summaries)?;
-    if plan.tensors.is_empty() {
-        return Err(RunError::Invalid("the recipe selects no tensors: nothing to merge".into()));
-    }
-
-    // 3. Side files, prepared before any tensor is computed: config.json, tokenizer files,
-    //    the recipe. Donor of the config: base model, else the first input; of the tokenizer:
-    //    `tokenizer_source`, else the same donor.
-    let mut side: Vec<(String, Vec<u8>)> = Vec::new();
-    let donor_idx = index_of[plan.config_donor.as_str()];
-    if let Some(cfg) = &summaries[donor_idx].config {
-        let mut text = serde_json::to_string_pretty(&output_config(&plan, recipe, cfg)).map_err(|e| RunError::Invalid(format!("config.json: {e}")))?;
-        text.push('\n');
-        side.push(("config.json".into(), text.into_bytes()));
-    }
-    let tok_donor: String = match &recipe.tokenizer_source {
-        Some(TokenizerSource::Base) => recipe.base_model.clone().ok_or_else(|| RunError::Invalid("`tokenizer_source: base` needs a `base_model`".into()))?,
-        Some(TokenizerSource::Model(m)) => m.clone(),
-        None => plan.config_donor.clone(),
-    };
-    let mut tok_files: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut push_tok = |file: &str, got: Option<Vec<u8>>| {
-        if let Some(bytes) = got {
-            tok_files.push((file.to_string(), bytes));
-        }
-    };
-    match index_of.get(tok_donor.as_str()) {
-        Some(&i) => {
-            for f in TOKENIZER_FILES {
-                let got = checkpoints[i].read_file(f).map_err(|source| RunError::Checkpoint { model: tok_donor.clone(), source })?;
-                push_tok(f, got);
-            }
-            if checkpoints[i].read_file("tokenizer.json").map_err(|source| RunError::Checkpoint { model: tok_donor.clone(), source })?.is_none() {
-                let got = checkpoints[i].read_file("vocab.json").map_err(|source| RunError::Checkpoint { model: tok_donor.clone(), source })?;
-                push_tok("vocab.json", got);
-            }
-        }
-        None => {
-            let mut files = open_model(&tok_donor).map_err(|source| RunError::Open { model: tok_donor.clone(), source })?;
-            for f in TOKENIZER_FILES {
-                let got = read_small(files.as_mut(), f).map_err(|source| RunError::Open { model: tok_donor.clone(), source })?;
-                push_tok(f, got);
-            }
-            if !files.exists("tokenizer.json") {
-                let got = read_small(files.as_mut(), "vocab.json").map_err(|source| RunError::Open { model: tok_donor.clone(), source })?;
-                push_tok("vocab.json", got);
-            }
-        }
-    }
-    side.extend(tok_files);
-    side.push((RECIPE_FILE.into(), recipe.to_yaml().into_bytes()));
-
-    // 4. Output layout (shards decided up front, headers written from the plan). mergekit saves
-    //    the tensors in its executor's order, which sorts tasks by their group label: for a saved
-    //    tensor, the largest of the input tensor names it reads (`GatherTensors.group_label`).
-    //    That order decides which shard a tensor lands in and the index's weight_map order.
-    let declared: Vec<(String, crate::tensor::DType, Vec<usize>)> = save_order(&plan).into_iter().map(|i| &plan.tensors[i]).map(|t| (t.name.clone(), t.out_dtype, t.shape.clone())).collect();
-    let layout = ShardedLayout::new(&declared, opts.out_shard_size.unwrap_or(DEFAULT_SHARD_SIZE)).map_err(|source| RunError::Write { tensor: "(layout)".into(), source })?;
-    let order: Vec<usize> = {
-        let pos: HashMap<&str, usize> = plan.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
-        layout.write_order().map(|(n, _, _)| pos[n.as_str()]).collect()
-    };
-    let mut out_files: Vec<String> = layout.shards.iter().map(|s| s.file.clone()).collect();
-    if layout.shards.len() > 1 {
-        out_files.push(crate::formats::checkpoint::INDEX_FILE.to_string());
-    }
-    let metadata: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let count = Rc::new(Cell::new(0u64));
-    let mut counting = CountingDir { inner: out, count: count.clone() };
-
-    // Side sinks are created and filled now but finished only after the weights.
-    let mut side_sinks: Vec<Box<dyn ByteSink>> = Vec::with_capacity(side.len());
-    for (file, bytes) in &side {
-        let mut sink = counting.create(file).map_err(|e| RunError::Output { file: file.clone(), message: e.to_string() })?;
-        sink.write_all(bytes).map_err(|e| RunError::Output { file: file.clone(), message: e.to_string() })?;
-        side_sinks.push(sink);
-    }
-
-    // 5. Stream the tensors.
-    let total_tensors = plan.tensors.len();
-    let total_bytes = plan.total_bytes();
-    let mut writer = ShardedWriter::new(&mut counting, layout, &metadata);
-    let max_inputs = plan.tensors.iter().map(|t| t.inputs.len()).max().unwrap_or(0);
-    let mut bufs: Vec<Vec<f32>> = (0..max_inputs).map(|_| Vec::new()).collect();
-    let mut done_bytes = 0u64;
-    for (done, &ti) in order.iter().enumerate() {
+    let mut job = MergeJob::new(recipe, open_model, Box::new(out), opts.out_shard_size)?;
+    loop {
         if opts.cancelled.is_some_and(|c| c()) {
             return Err(RunError::Cancelled);
         }
-        let t = &plan.tensors[ti];
-        for (input, buf) in t.inputs.iter().zip(bufs.iter_mut()) {
-            let ck = &mut checkpoints[index_of[input.model.as_str()]];
-            ck.read(&input.tensor, buf).map_err(|source| RunError::Read { tensor: t.name.clone(), input: input.tensor.clone(), model: input.model.clone(), source })?;
+        let observer: Option<&mut dyn MergeObserver> = match opts.observer {
+            Some(ref mut o) => Some(&mut **o),
+            None => None,
+        };
+        match job.step(rng, observer)? {
+            Step::Chunk(_) => {}
+            Step::Tensor(p) => {
+                if let Some(cb) = opts.progress.as_mut() {
+                    cb(&p);
+                }
+            }
+            Step::Done(report) => return Ok(report),
+        }
+    }
+}
+
+/// What one [`MergeJob::step`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Merged and wrote one element chunk of a tensor (`Progress::tensor`), not its last.
+    Chunk(Progress),
+    /// Finished an output tensor (whole, or its last chunk).
+    Tensor(Progress),
+    /// Finished the output files: the merge is complete.
+    Done(MergeReport),
+}
+
+/// A merge opened and planned, executed one tensor (or element chunk) per [`MergeJob::step`].
+/// Dropping it before `Step::Done` (an error, a cancel) drops every output sink unfinished, which
+/// leaves nothing that looks complete.
+pub struct MergeJob<'o> {
+    checkpoints: Vec<Checkpoint>,
+    index_of: HashMap<String, usize>,
+    plan: Plan,
+    /// Indices into `plan.tensors` in write order.
+    order: Vec<usize>,
+    writer: Option<ShardedWriter<CountingDir<'o>>>,
+    /// Side files (config, tokenizer, card, recipe), written at the start, finished last.
+    side: Vec<(String, Box<dyn ByteSink>)>,
+    count: Rc<Cell<u64>>,
+    /// One reused f32 buffer per input of the current tensor.
+    bufs: Vec<Vec<f32>>,
+    /// Position in `order` of the tensor being merged.
+    pos: usize,
+    /// Elements of that tensor already written (chunked tensors).
+    offset: usize,
+    done_bytes: u64,
+    chunk: usize,
+}
+
+impl<'o> MergeJob<'o> {
+    /// Open every input (headers only), plan every output tensor (all structural errors surface
+    /// here, before any output exists), and create the output files: the side files are written
+    /// now (finished last), the weights as `step` produces them.
+    #[allow(clippy::result_large_err)]
+    pub fn new(recipe: &Recipe, open_model: &mut OpenModel, out: Box<dyn OutputDir + 'o>, out_shard_size: Option<u64>) -> Result<MergeJob<'o>, RunError> {
+        // 1. Open every input (headers only) and summarize it for the planner.
+        let names = recipe.referenced_models();
+        let mut checkpoints: Vec<Checkpoint> = Vec::with_capacity(names.len());
+        let mut summaries: Vec<ModelSummary> = Vec::with_capacity(names.len());
+        for name in &names {
+            let files = open_model(name).map_err(|source| RunError::Open { model: name.clone(), source })?;
+            let mut ck = Checkpoint::open(files).map_err(|source| RunError::Checkpoint { model: name.clone(), source })?;
+            let config = ck.config().map_err(|source| RunError::Checkpoint { model: name.clone(), source })?;
+            let tensors: Vec<(String, TensorMeta)> = ck
+                .tensor_names()
+                .filter_map(|t| ck.info(t).map(|i| (t.to_string(), TensorMeta { dtype: i.dtype, shape: i.shape.clone() })))
+                .collect();
+            summaries.push(ModelSummary::new(name.clone(), config, tensors));
+            checkpoints.push(ck);
+        }
+        let index_of: HashMap<String, usize> = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+
+        // 2. Plan every output tensor.
+        let plan = build_plan(recipe, &summaries)?;
+        if plan.tensors.is_empty() {
+            return Err(RunError::Invalid("the recipe selects no tensors: nothing to merge".into()));
+        }
+
+        // 3. Side files, prepared before any tensor is computed: config.json, tokenizer files,
+        //    the model card, the recipe. Donor of the config: base model, else the first input;
+        //    of the tokenizer: `tokenizer_source`, else the same donor.
+        let mut side: Vec<(String, Vec<u8>)> = Vec::new();
+        let donor_idx = index_of[plan.config_donor.as_str()];
+        if let Some(cfg) = &summaries[donor_idx].config {
+            let mut text = serde_json::to_string_pretty(&output_config(&plan, recipe, cfg)).map_err(|e| RunError::Invalid(format!("config.json: {e}")))?;
+            text.push('\n');
+            side.push(("config.json".into(), text.into_bytes()));
+        }
+        let tok_donor: String = match &recipe.tokenizer_source {
+            Some(TokenizerSource::Base) => recipe.base_model.clone().ok_or_else(|| RunError::Invalid("`tokenizer_source: base` needs a `base_model`".into()))?,
+            Some(TokenizerSource::Model(m)) => m.clone(),
+            None => plan.config_donor.clone(),
+        };
+        let mut tok_files: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut push_tok = |file: &str, got: Option<Vec<u8>>| {
+            if let Some(bytes) = got {
+                tok_files.push((file.to_string(), bytes));
+            }
+        };
+        match index_of.get(tok_donor.as_str()) {
+            Some(&i) => {
+                for f in TOKENIZER_FILES {
+                    let got = checkpoints[i].read_file(f).map_err(|source| RunError::Checkpoint { model: tok_donor.clone(), source })?;
+                    push_tok(f, got);
+                }
+                if checkpoints[i].read_file("tokenizer.json").map_err(|source| RunError::Checkpoint { model: tok_donor.clone(), source })?.is_none() {
+                    let got = checkpoints[i].read_file("vocab.json").map_err(|source| RunError::Checkpoint { model: tok_donor.clone(), source })?;
+                    push_tok("vocab.json", got);
+                }
+            }
+            None => {
+                let mut files = open_model(&tok_donor).map_err(|source| RunError::Open { model: tok_donor.clone(), source })?;
+                for f in TOKENIZER_FILES {
+                    let got = read_small(files.as_mut(), f).map_err(|source| RunError::Open { model: tok_donor.clone(), source })?;
+                    push_tok(f, got);
+                }
+                if !files.exists("tokenizer.json") {
+                    let got = read_small(files.as_mut(), "vocab.json").map_err(|source| RunError::Open { model: tok_donor.clone(), source })?;
+                    push_tok("vocab.json", got);
+                }
+            }
+        }
+        side.extend(tok_files);
+        side.push((CARD_FILE.into(), model_card(recipe, &plan).into_bytes()));
+        side.push((RECIPE_FILE.into(), recipe.to_yaml().into_bytes()));
+
+        // 4. Output layout (shards decided up front, headers written from the plan). mergekit saves
+        //    the tensors in its executor's order, which sorts tasks by their group label: for a saved
+        //    tensor, the largest of the input tensor names it reads (`GatherTensors.group_label`).
+        //    That order decides which shard a tensor lands in and the index's weight_map order.
+        let declared: Vec<(String, crate::tensor::DType, Vec<usize>)> = save_order(&plan).into_iter().map(|i| &plan.tensors[i]).map(|t| (t.name.clone(), t.out_dtype, t.shape.clone())).collect();
+        let layout = ShardedLayout::new(&declared, out_shard_size.unwrap_or(DEFAULT_SHARD_SIZE)).map_err(|source| RunError::Write { tensor: "(layout)".into(), source })?;
+        let order: Vec<usize> = {
+            let pos: HashMap<&str, usize> = plan.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+            layout.write_order().map(|(n, _, _)| pos[n.as_str()]).collect()
+        };
+        let metadata: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+        let count = Rc::new(Cell::new(0u64));
+        let mut writer = ShardedWriter::new(CountingDir { inner: out, count: count.clone() }, layout, &metadata);
+
+        // Side sinks are created and filled now but finished only after the weights.
+        let mut side_sinks: Vec<(String, Box<dyn ByteSink>)> = Vec::with_capacity(side.len());
+        for (file, bytes) in side {
+            let mut sink = writer.out_mut().create(&file).map_err(|e| RunError::Output { file: file.clone(), message: e.to_string() })?;
+            sink.write_all(&bytes).map_err(|e| RunError::Output { file: file.clone(), message: e.to_string() })?;
+            side_sinks.push((file, sink));
+        }
+        let max_inputs = plan.tensors.iter().map(|t| t.inputs.len()).max().unwrap_or(0);
+        Ok(MergeJob {
+            checkpoints,
+            index_of,
+            plan,
+            order,
+            writer: Some(writer),
+            side: side_sinks,
+            count,
+            bufs: (0..max_inputs).map(|_| Vec::new()).collect(),
+            pos: 0,
+            offset: 0,
+            done_bytes: 0,
+            chunk: CHUNK_ELEMENTS,
+        })
+    }
+
+    /// Elements per chunk for elementwise methods (default [`CHUNK_ELEMENTS`]; at least 1).
+    /// Tests set it small to check that chunked and whole merges write the same bytes.
+    pub fn set_chunk_elements(&mut self, n: usize) {
+        self.chunk = n.max(1);
+    }
+
+    /// The plan being executed.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Output tensors written so far.
+    pub fn done_tensors(&self) -> usize {
+        self.pos
+    }
+
+    /// Merge and write the next tensor, or the next chunk of it; after the last one, finish the
+    /// output files (`Step::Done`). Calling `step` again after `Done` is an error.
+    #[allow(clippy::result_large_err)]
+    pub fn step(&mut self, rng: &mut dyn Randomness, observer: Option<&mut dyn MergeObserver>) -> Result<Step, RunError> {
+        let total_tensors = self.plan.tensors.len();
+        let total_bytes = self.plan.total_bytes();
+        if self.pos == self.order.len() {
+            return self.finish().map(Step::Done);
+        }
+        let writer = self.writer.as_mut().ok_or_else(|| RunError::Invalid("the merge is already finished".into()))?;
+        let t = &self.plan.tensors[self.order[self.pos]];
+        let numel = t.numel();
+        let chunked = numel > self.chunk && elementwise(t);
+        let (start, len) = if chunked { (self.offset, self.chunk.min(numel - self.offset)) } else { (0, numel) };
+        for (input, buf) in t.inputs.iter().zip(self.bufs.iter_mut()) {
+            let ck = &mut self.checkpoints[self.index_of[input.model.as_str()]];
+            let read = if chunked { ck.read_range(&input.tensor, start, len, buf) } else { ck.read(&input.tensor, buf) };
+            read.map_err(|source| RunError::Read { tensor: t.name.clone(), input: input.tensor.clone(), model: input.model.clone(), source })?;
             if input.file_dtype != t.load_dtype {
                 // mergekit casts on load (`x.to(dtype)`): round to the load dtype.
                 let d = t.load_dtype;
                 buf.iter_mut().for_each(|v| *v = d.round(*v));
             }
         }
+        let chunk_shape = [len];
         let inputs = MergeInputs {
             tensor: &t.name,
-            shape: &t.shape,
+            shape: if chunked { &chunk_shape } else { &t.shape },
             dtype: t.load_dtype,
-            models: t.inputs.iter().zip(bufs.iter()).map(|(i, b)| ModelTensor { model: &i.model, data: b, params: &i.params }).collect(),
+            models: t.inputs.iter().zip(self.bufs.iter()).map(|(i, b)| ModelTensor { model: &i.model, data: b, params: &i.params }).collect(),
             base: t.base,
             global: &t.global,
         };
         let (merged, method_report) = merge_tensor_report(t.method, &inputs, rng)?;
-        if merged.len() != t.numel() {
-            return Err(RunError::Invalid(format!("tensor {}: method {} returned {} values for shape {:?}", t.name, t.method.name(), merged.len(), t.shape)));
+        if merged.len() != len {
+            return Err(RunError::Invalid(format!("tensor {}: method {} returned {} values for shape {:?}", t.name, t.method.name(), merged.len(), inputs.shape)));
         }
-        if let Some(o) = opts.observer.as_mut() {
-            o.observe(t, &inputs, &merged, 0);
+        let mut observer = observer;
+        if let Some(o) = observer.as_mut() {
+            o.observe(t, &inputs, &merged, start);
             o.method_report(t, &method_report);
         }
-        writer.write_tensor(&t.name, &merged).map_err(|source| RunError::Write { tensor: t.name.clone(), source })?;
-        if let Some(o) = opts.observer.as_mut() {
+        drop(inputs);
+        let written = if chunked { writer.write_tensor_part(&t.name, &merged) } else { writer.write_tensor(&t.name, &merged) };
+        written.map_err(|source| RunError::Write { tensor: t.name.clone(), source })?;
+        let size = t.out_dtype.size() as u64;
+        if chunked && start + len < numel {
+            self.offset = start + len;
+            let done_bytes = self.done_bytes + self.offset as u64 * size;
+            return Ok(Step::Chunk(Progress { done_tensors: self.pos, total_tensors, done_bytes, total_bytes, tensor: t.name.clone() }));
+        }
+        if let Some(o) = observer.as_mut() {
             o.tensor_done(t);
         }
-        done_bytes += t.out_bytes();
-        if let Some(p) = opts.progress.as_mut() {
-            p(&Progress { done_tensors: done + 1, total_tensors, done_bytes, total_bytes, tensor: t.name.clone() });
-        }
-    }
-    if opts.cancelled.is_some_and(|c| c()) {
-        return Err(RunError::Cancelled);
+        self.done_bytes += t.out_bytes();
+        self.offset = 0;
+        self.pos += 1;
+        Ok(Step::Tensor(Progress { done_tensors: self.pos, total_tensors, done_bytes: self.done_bytes, total_bytes, tensor: t.name.clone() }))
     }
 
-    // 6. Finish: weights (and index), then the side files.
-    writer.finish().map_err(|source| RunError::Write { tensor: "(finishing the output)".into(), source })?;
-    let mut files = out_files;
-    for ((file, _), mut sink) in side.iter().zip(side_sinks) {
-        sink.finish().map_err(|e| RunError::Output { file: file.clone(), message: e.to_string() })?;
-        files.push(file.clone());
+    /// Finish: weights (and index), then the side files.
+    #[allow(clippy::result_large_err)]
+    fn finish(&mut self) -> Result<MergeReport, RunError> {
+        let writer = self.writer.take().ok_or_else(|| RunError::Invalid("the merge is already finished".into()))?;
+        let (mut files, _out) = writer.finish().map_err(|source| RunError::Write { tensor: "(finishing the output)".into(), source })?;
+        for (file, mut sink) in self.side.drain(..) {
+            sink.finish().map_err(|e| RunError::Output { file: file.clone(), message: e.to_string() })?;
+            files.push(file);
+        }
+        Ok(MergeReport {
+            tensors: self.plan.tensors.len(),
+            parameters: self.plan.total_params(),
+            bytes_written: self.count.get(),
+            files,
+            num_hidden_layers: self.plan.num_hidden_layers,
+            architecture: self.plan.architecture.name(),
+        })
     }
-    Ok(MergeReport {
-        tensors: total_tensors,
-        parameters: plan.total_params(),
-        bytes_written: count.get(),
-        files,
-        num_hidden_layers: plan.num_hidden_layers,
-        architecture: plan.architecture.name(),
-    })
 }
