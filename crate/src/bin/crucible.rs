@@ -7,6 +7,11 @@
 //! `LlamaModel` (reference: llama.cpp `examples/simple`, `llama-cli`; HF transformers `generate`):
 //! the tokenizer embedded in the GGUF, one prefill of the prompt, then one cached decode step per
 //! token, sampled by `sample::Sampler` (HF logits processors), streamed to stdout as decoded text.
+//! `--model` may also be a Hugging Face folder (config.json, safetensors, tokenizer.json), and
+//! `--quantize q8_0|q4_0` converts the weights on load.
+//!
+//! `crucible eval --model PATH --text FILE` prints the perplexity of the text (reference: HF
+//! transformers' "Perplexity of fixed-length models" strided windows; `LlamaModel::perplexity`).
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
@@ -24,7 +29,10 @@ mod cli {
     use crucible::formats::gguf::Gguf;
     use crucible::formats::io::FileSource;
     use crucible::formats::tokenizer::{special_tokens_from_gguf, tokenizer_from_gguf};
+    use crucible::formats::checkpoint::Checkpoint;
+    use crucible::formats::tokenizer::tokenizer_from_json;
     use crucible::models::{KvCache, LlamaModel};
+    use crucible::tensor::quant::BlockFormat;
     use crucible::sample::{Sampler, SamplingParams};
 
     #[derive(Parser)]
@@ -81,13 +89,46 @@ end-of-sequence token or after --max-tokens. Then stderr gets the prompt and gen
 decode speeds in tokens/s.\n\n\
 Sampling defaults to HF transformers' (temperature 1, top-k 50); --greedy takes the argmax (temperature 0).")]
         Run(RunArgs),
+        /// Perplexity of a text file under a model (GGUF file or Hugging Face folder), on the CPU.
+        #[command(long_about = "Perplexity of a text under a model (a .gguf file or a Hugging Face folder with config.json, \
+safetensors and tokenizer.json), on the CPU. The text is tokenized as the model's tokenizer does with its special tokens \
+(e.g. a BOS). Windows of at most --context tokens start at 0, --stride, 2·--stride, … (HF transformers' strided \
+perplexity); each token from the end of the previous window on is scored once, predicted from the tokens before it in \
+its window; the first token is never scored. Prints the token count, windows, scored tokens, mean negative \
+log-likelihood (nats) and perplexity = exp(NLL).")]
+        Eval(EvalArgs),
+    }
+
+    #[derive(clap::Args)]
+    struct EvalArgs {
+        /// The model: a .gguf file or a Hugging Face folder (config.json + safetensors + tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// The text file (UTF-8).
+        #[arg(long)]
+        text: PathBuf,
+        /// Window length in tokens. Default: the model's max_position_embeddings, at most 1024.
+        #[arg(long)]
+        context: Option<usize>,
+        /// Tokens between window starts, 1..=context. Default: context / 2 (every scored token then has at least
+        /// context / 2 tokens of history once past the first window).
+        #[arg(long)]
+        stride: Option<usize>,
+        /// Quantize the weights on load (q8_0 or q4_0; llama.cpp's reference quantizers).
+        #[arg(long, value_parser = ["q8_0", "q4_0"])]
+        quantize: Option<String>,
     }
 
     #[derive(clap::Args)]
     struct RunArgs {
-        /// The model: a .gguf file. (Hugging Face folders are not supported yet.)
+        /// The model: a .gguf file, or a Hugging Face folder (config.json, model.safetensors or shards with
+        /// model.safetensors.index.json in F32/F16/BF16, tokenizer.json).
         #[arg(long)]
         model: PathBuf,
+        /// Quantize the weights on load (q8_0 or q4_0; llama.cpp's reference quantizers; every projection, expert,
+        /// embedding and head — rows must be whole 32-weight blocks): less memory, slightly different logits.
+        #[arg(long, value_parser = ["q8_0", "q4_0"])]
+        quantize: Option<String>,
         /// The prompt text (no chat template is applied; no BOS is added unless the GGUF says so).
         #[arg(long)]
         prompt: String,
@@ -268,22 +309,123 @@ Sampling defaults to HF transformers' (temperature 1, top-k 50); --greedy takes 
         p
     }
 
+    /// A model ready to run, with its tokenizer and end-of-sequence ids.
+    struct Loaded {
+        model: LlamaModel,
+        tokenizer: tokenizers::Tokenizer,
+        eos: Vec<u32>,
+        /// One line about the weights' memory (and quantization).
+        weights: String,
+    }
+
+    /// `eos_token_id` of a config.json / generation_config.json: a number or a list of numbers.
+    fn eos_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
+        match v {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn parse_quantize(q: Option<&str>) -> Option<BlockFormat> {
+        match q {
+            Some("q8_0") => Some(BlockFormat::Q8_0),
+            Some("q4_0") => Some(BlockFormat::Q4_0),
+            _ => None,
+        }
+    }
+
+    /// Load a GGUF file (tokenizer embedded) or a Hugging Face folder (config.json, safetensors,
+    /// tokenizer.json; EOS from generation_config.json, else config.json), then quantize if asked.
+    fn load_model(path: &Path, quantize: Option<BlockFormat>) -> Result<Loaded, String> {
+        let (mut model, tokenizer, eos) = if path.is_dir() {
+            let name = path.display().to_string();
+            let mut ckpt = Checkpoint::open(Box::new(DirFiles::new(path))).map_err(|e| e.to_string())?;
+            let model = LlamaModel::from_checkpoint(&mut ckpt).map_err(|e| e.to_string())?;
+            let tok_bytes = ckpt
+                .read_file("tokenizer.json")
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{name}: no tokenizer.json (copy the base model's tokenizer files into the folder)"))?;
+            let tokenizer = tokenizer_from_json(&format!("{name}/tokenizer.json"), &tok_bytes).map_err(|e| e.to_string())?;
+            let mut eos = Vec::new();
+            if let Some(bytes) = ckpt.read_file("generation_config.json").map_err(|e| e.to_string())? {
+                let gc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("{name}/generation_config.json: not valid JSON ({e})"))?;
+                eos = eos_ids(gc.get("eos_token_id"));
+            }
+            if eos.is_empty()
+                && let Some(cfg) = ckpt.config().map_err(|e| e.to_string())?
+            {
+                eos = eos_ids(cfg.get("eos_token_id"));
+            }
+            (model, tokenizer, eos)
+        } else {
+            let mut src = FileSource::open(path).map_err(|e| e.to_string())?;
+            let gguf = Gguf::read(&mut src).map_err(|e| e.to_string())?;
+            let tokenizer = tokenizer_from_gguf(&gguf).map_err(|e| e.to_string())?;
+            let eos = special_tokens_from_gguf(&gguf).map_err(|e| e.to_string())?.eos.into_iter().collect();
+            let model = LlamaModel::from_gguf(&mut src).map_err(|e| e.to_string())?;
+            (model, tokenizer, eos)
+        };
+        let before = model.weights.weight_bytes();
+        let weights = match quantize {
+            None => format!("weights: {:.2} MB", before as f64 / 1e6),
+            Some(format) => {
+                model.weights = model.weights.quantize(format, &path.display().to_string()).map_err(|e| e.to_string())?;
+                let after = model.weights.weight_bytes();
+                format!("weights: {:.2} MB after quantizing to {format} on load ({:.2} MB before)", after as f64 / 1e6, before as f64 / 1e6)
+            }
+        };
+        Ok(Loaded { model, tokenizer, eos, weights })
+    }
+
+    fn eval(a: &EvalArgs) -> Result<String, String> {
+        let t_load = Instant::now();
+        let Loaded { model, tokenizer, weights, .. } = load_model(&a.model, parse_quantize(a.quantize.as_deref()))?;
+        let load_s = t_load.elapsed().as_secs_f64();
+        let text = std::fs::read_to_string(&a.text).map_err(|e| format!("{}: {e}", a.text.display()))?;
+        let ids: Vec<u32> = tokenizer.encode(text.as_str(), true).map_err(|e| format!("tokenizing {}: {e}", a.text.display()))?.get_ids().to_vec();
+        if ids.len() < 2 {
+            return Err(format!("{}: the text has {} token(s); perplexity needs at least 2", a.text.display(), ids.len()));
+        }
+        let context = a.context.unwrap_or(model.config.max_position_embeddings.min(1024));
+        let stride = a.stride.unwrap_or((context / 2).max(1));
+        if context < 2 {
+            return Err(format!("--context {context}: must be at least 2"));
+        }
+        if stride == 0 || stride > context {
+            return Err(format!("--stride {stride}: must be between 1 and the context ({context})"));
+        }
+        let tty = std::io::stderr().is_terminal();
+        let t = Instant::now();
+        let p = model
+            .perplexity(&ids, context, stride, |done, total| {
+                if tty {
+                    eprint!("\r\x1b[2Kwindow {done}/{total}");
+                }
+                true
+            })
+            .map_err(|e| e.to_string())?
+            .expect("never cancelled");
+        if tty {
+            eprint!("\r\x1b[2K");
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!("tokens: {}", p.tokens);
+        println!("context: {}, stride: {}, windows: {}, scored tokens: {}", p.context, p.stride, p.windows, p.scored);
+        println!("nll: {:.6}", p.nll);
+        println!("perplexity: {:.6}", p.perplexity);
+        Ok(format!("model {} loaded in {load_s:.2}s ({weights}); evaluated in {secs:.2}s", a.model.display()))
+    }
+
     fn run(a: &RunArgs) -> Result<String, String> {
         if a.backend == "gpu" {
             return Err("--backend gpu is not implemented yet; use --backend cpu".into());
         }
         let path = &a.model;
-        if path.is_dir() {
-            return Err(format!("{}: Hugging Face model folders are not supported yet by `crucible run`; pass a .gguf file", path.display()));
-        }
         let mut sampler = Sampler::new(sampling_params(a)).map_err(|e| e.to_string())?;
 
         let t_load = Instant::now();
-        let mut src = FileSource::open(path).map_err(|e| e.to_string())?;
-        let gguf = Gguf::read(&mut src).map_err(|e| e.to_string())?;
-        let tok = tokenizer_from_gguf(&gguf).map_err(|e| e.to_string())?;
-        let eos = special_tokens_from_gguf(&gguf).map_err(|e| e.to_string())?.eos;
-        let model = LlamaModel::from_gguf(&mut src).map_err(|e| e.to_string())?;
+        let Loaded { model, tokenizer: tok, eos, weights } = load_model(path, parse_quantize(a.quantize.as_deref()))?;
         let load_s = t_load.elapsed().as_secs_f64();
 
         let enc = tok.encode(a.prompt.as_str(), true).map_err(|e| format!("tokenizing the prompt: {e}"))?;
@@ -311,7 +453,7 @@ Sampling defaults to HF transformers' (temperature 1, top-k 50); --greedy takes 
             let next = sampler.sample(&mut last, &history).map_err(|e| e.to_string())?;
             generated += 1;
             history.push(next);
-            if Some(next) == eos {
+            if eos.contains(&next) {
                 stop = "end of sequence";
                 break;
             }
@@ -329,7 +471,7 @@ Sampling defaults to HF transformers' (temperature 1, top-k 50); --greedy takes 
         let _ = writeln!(stdout);
         let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { f64::INFINITY };
         Ok(format!(
-            "model {} loaded in {load_s:.2}s\nprompt tokens: {}, generated tokens: {generated} (stopped at {stop})\n\
+            "model {} loaded in {load_s:.2}s ({weights})\nprompt tokens: {}, generated tokens: {generated} (stopped at {stop})\n\
 prefill: {:.1} tokens/s ({} tokens in {prefill_s:.3}s)\ndecode: {:.1} tokens/s ({decode_steps} steps in {decode_s:.3}s, sampling included)",
             path.display(),
             prompt.len(),
@@ -342,6 +484,16 @@ prefill: {:.1} tokens/s ({} tokens in {prefill_s:.3}s)\ndecode: {:.1} tokens/s (
     pub fn main() -> ExitCode {
         let cli = Cli::parse();
         match cli.command {
+            Command::Eval(args) => match eval(&args) {
+                Ok(summary) => {
+                    eprintln!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("crucible eval: error: {message}");
+                    ExitCode::FAILURE
+                }
+            },
             Command::Run(args) => match run(&args) {
                 Ok(summary) => {
                     eprintln!("{summary}");
