@@ -215,3 +215,25 @@ fn quantize_refuses_rows_that_are_not_whole_blocks() {
     let e = w.quantize(BlockFormat::Q8_0, "qwen2_moe").unwrap_err().to_string();
     assert!(e.contains("model.layers.1.mlp.down_proj.weight") && e.contains("48") && e.contains("block size 32"), "{e}");
 }
+
+#[test]
+fn half_precision_and_sharded_folders_match_their_rounded_f32_reference() {
+    // mixtral_bf16_sharded: bfloat16 in two shards + model.safetensors.index.json; mixtral_f16:
+    // float16 in one file. Reference: transformers' f32 forward over the same rounded weights.
+    let m = manifest();
+    for h in m["half"].as_array().unwrap() {
+        let name = h["name"].as_str().unwrap();
+        let dir = fixtures().join(name);
+        let model = load(name);
+        let mut cache = KvCache::new(&model.config);
+        let ours = model.forward(&tokens(&h["tokens"]), &mut cache).unwrap();
+        let theirs = read_f32(&dir.join(h["logits_prefill"]["file"].as_str().unwrap()));
+        let err = max_abs_diff(&ours, &theirs);
+        eprintln!("{name}: max abs err {err:e}");
+        assert!(err <= 1e-4, "{name}: {err:e}");
+        // and it is not the f32 model: rounding to half precision moved the logits
+        let f32_model = load("mixtral");
+        let mut c = KvCache::new(&f32_model.config);
+        assert!(max_abs_diff(&f32_model.forward(&tokens(&h["tokens"]), &mut c).unwrap(), &ours) > 1e-4, "{name}");
+    }
+}
