@@ -14,6 +14,7 @@
 //!     → the worker collects them into `Blob`s the page offers for download.
 
 pub mod plan;
+mod generate;
 
 use std::collections::BTreeMap;
 
@@ -199,6 +200,24 @@ fn read_model_files(files: &JsValue) -> Result<BTreeMap<String, JsModelFiles>, S
     Ok(models)
 }
 
+/// One model's files (a `Map`/object from relative path to `File`, or an array of `File`s keyed
+/// by name) → (path, file) pairs; `name` names the model in messages. Used by `generate.rs`.
+pub(crate) fn read_model_list(name: &str, value: &JsValue) -> Result<Vec<(String, web_sys::File)>, String> {
+    let mut list = Vec::new();
+    if Array::is_array(value) {
+        for f in Array::from(value).iter() {
+            let file: web_sys::File = f.dyn_into().map_err(|_| format!("files for model {name}: expected File objects"))?;
+            list.push((file.name(), file));
+        }
+    } else {
+        for (path, f) in entries(value).map_err(|e| format!("files for model {name}: {e}"))? {
+            let file: web_sys::File = f.dyn_into().map_err(|_| format!("files for model {name}: {path} is not a File"))?;
+            list.push((path, file));
+        }
+    }
+    Ok(list)
+}
+
 /// Key/value pairs of a JS `Map` or plain object, keys as strings.
 fn entries(v: &JsValue) -> Result<Vec<(String, JsValue)>, &'static str> {
     let mut out = Vec::new();
@@ -224,10 +243,10 @@ fn entries(v: &JsValue) -> Result<Vec<(String, JsValue)>, &'static str> {
 
 /// One model's files as the user picked them.
 #[derive(Clone)]
-struct JsModelFiles {
-    name: String,
+pub(crate) struct JsModelFiles {
+    pub(crate) name: String,
     /// (relative path inside the model folder, file)
-    files: Vec<(String, web_sys::File)>,
+    pub(crate) files: Vec<(String, web_sys::File)>,
 }
 
 impl JsModelFiles {
@@ -261,7 +280,7 @@ impl ModelFiles for JsModelFiles {
 }
 
 /// A `File` read at random offsets with `FileReaderSync` (available in Web Workers only).
-struct BlobSource {
+pub(crate) struct BlobSource {
     name: String,
     file: web_sys::File,
     len: u64,
@@ -269,7 +288,7 @@ struct BlobSource {
 }
 
 impl BlobSource {
-    fn new(name: String, file: web_sys::File) -> Result<Self, IoError> {
+    pub(crate) fn new(name: String, file: web_sys::File) -> Result<Self, IoError> {
         let reader = web_sys::FileReaderSync::new().map_err(|e| IoError::new(&name, format!("FileReaderSync is unavailable ({}): merges run in a Web Worker", js_message(&e))))?;
         let len = file.size() as u64;
         Ok(BlobSource { name, file, len, reader })
