@@ -254,7 +254,7 @@ describe('Share by URL', () => {
     for (const sel of ['#view-yaml', '#recipe-yaml', '#method-select', '#seed-input']) assert.equal(await page.isHidden(sel), true, `${sel} is hidden`);
     for (const sel of ['#models-section', '#base-select', '#shard-input', '#merge-btn', '#share-section']) assert.equal(await page.isVisible(sel), true, `${sel} is visible`);
     const flags = await page.$$eval('#hide-flags input', (is) => is.map((i) => [i.dataset.flag, i.checked]));
-    assert.deepEqual(flags.map(([f]) => f), ['models', 'demo', 'add', 'method', 'base', 'dtype', 'params', 'yaml', 'seed', 'shard', 'share']);
+    assert.deepEqual(flags.map(([f]) => f), ['models', 'demo', 'add', 'hub', 'method', 'base', 'dtype', 'params', 'yaml', 'seed', 'shard', 'share']);
     assert.deepEqual(flags.filter(([, c]) => c).map(([f]) => f), ['method', 'yaml', 'seed']);
     assert.match(await page.textContent('#hide-flags'), /yaml_hide the YAML view/);
     // The demo, and one more flag ticked: the link carries all of them, and opens hidden.

@@ -299,6 +299,11 @@ function hideTargets(flag: HideFlag): HTMLElement[] {
       return byId('demo-btn');
     case 'add':
       return byId('add-model-btn', 'drop-zone');
+    case 'hub': {
+      const form = $('hub-form');
+      const hint = form?.nextElementSibling;
+      return [form, hint instanceof HTMLElement && hint.classList.contains('hint') ? hint : null, $('hub-settings')].filter((x): x is HTMLElement => !!x);
+    }
     case 'method':
       return [row('method-select'), $('method-help')].filter((x): x is HTMLElement => !!x);
     case 'base':

@@ -46,6 +46,7 @@ export const HIDE_FLAGS = {
   models: 'the Models section (model cards, pickers, demo button)',
   demo: 'the "Load the demo" button',
   add: 'the "+ Add a model" button and the drop zone',
+  hub: 'adding models from the Hugging Face Hub, and the hub settings',
   method: 'the method picker',
   base: 'the base model picker',
   dtype: 'the compute and output dtype pickers',
