@@ -9,6 +9,7 @@
 pub mod config;
 pub mod gguf_llama;
 pub mod llama;
+pub mod llama_gpu;
 pub mod moe;
 
 pub use config::{ConfigError, Family, LlamaConfig, MoeConfig, MoeStyle};

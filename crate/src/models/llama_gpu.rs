@@ -1,0 +1,442 @@
+//! The Llama-family forward pass (Llama, SmolLM2, Mistral, Qwen2) on WebGPU with our WGSL kernels:
+//! the same graph as the CPU reference in `models/llama.rs`, which it is tested against.
+//!
+//! Papers: LLaMA (arXiv 2302.13971), RMSNorm (arXiv 1910.07467), SwiGLU (arXiv 2002.05202), RoPE
+//! (arXiv 2104.09864), GQA (arXiv 2305.13245), FlashAttention (arXiv 2205.14135) / flash-decoding
+//! for the attention. Reference implementation: HF transformers `models/llama/modeling_llama.py`
+//! (numbers) and llama.cpp's GPU backends (the per-token dispatch graph with a resident KV cache).
+//!
+//! Per token chunk of T ≤ `max_batch` tokens, one command encoder records:
+//! ```text
+//! embed (ops::embed)                                     tokens (T) → x (T, H)
+//! per layer: rmsnorm x → hs; q, k, v = hs·Wᵀ (+ b)         (ops::qmatvec per token for quantized
+//!            weights, ops::matmul for f32; ops::add for biases)
+//!            rope(q), rope(k) at pos0.. (ops::rope, θ_i from posenc::rope on the CPU)
+//!            k, v appended to the GPU KV cache (buffer copies)
+//!            attn = attention(q, cache) (ops::attention: online softmax, GQA, causal, window;
+//!                   split-K + reduce for decode steps)
+//!            x += attn·Woᵀ; hs = rmsnorm(x); x += down(silu(gate(hs)) ⊙ up(hs)) (ops::swiglu, ops::add)
+//! rmsnorm(x) → head (embed table when tied) → logits (T, vocab) or the last row only
+//! ```
+//! then one submit and one readback of the logits (`GpuContext::read_f32`, which awaits the map:
+//! the same code runs natively under `pollster` and in the browser where mapping is async).
+//!
+//! Weights are uploaded once (quantized ones stay in the aligned split layout and are
+//! dequantized in the kernels; every weight is split by rows to fit the storage binding limit);
+//! the activations are pooled buffers taken once per model and reused for every token.
+//!
+//! Prefill: batched (T tokens per encoder, attention over T query rows at once) when every
+//! quantized weight's row length and row count are multiples of 64 floats (so per-token
+//! `qmatvec` bindings sit on 256-byte aligned offsets) and every f32 weight fits one binding;
+//! otherwise token by token. `qmatvec` is a matrix–vector kernel, so a batched prefill still reads
+//! each quantized weight once per token; a quantized matrix–matrix kernel is future work.
+
+use crate::gpu::{GpuContext, GpuError, PooledBuffer};
+use crate::models::llama::{Linear, LlamaModel, WeightStorage};
+use crate::models::config::LlamaConfig;
+use crate::ops::embed::{EmbedTable, GpuEmbedTable, persistent_storage};
+use crate::ops::attention::{self, AttentionParams, GpuKvCache};
+use crate::ops::{OpError, add, matmul, qmatvec, rmsnorm, rope, swiglu};
+use crate::posenc::rope::{RopeFreqs, RopeLayout, RopeScaling};
+use crate::tensor::quant::SplitBlocks;
+
+/// Errors of the GPU model: a kernel or GPU failure, or a model the GPU path cannot run (named).
+#[derive(Debug, thiserror::Error)]
+pub enum GpuModelError {
+    #[error("{0}")]
+    Op(#[from] OpError),
+    #[error("{0}")]
+    Gpu(#[from] GpuError),
+    #[error("GPU model: {0}")]
+    Unsupported(String),
+    #[error("token {token} at index {index} is out of range (vocab_size {vocab})")]
+    TokenOutOfRange { token: u32, index: usize, vocab: usize },
+}
+
+/// Options of [`GpuLlama::new`].
+#[derive(Debug, Clone)]
+pub struct GpuLlamaOptions {
+    /// Positions the KV cache holds (capped by `max_position_embeddings` for non-scaled RoPE is
+    /// *not* applied: the CPU path has no cap either).
+    pub max_context: usize,
+    /// Tokens per prefill chunk (one encoder each).
+    pub max_batch: usize,
+    /// Force the number of key splits of decode steps (None: `attention::default_splits`).
+    pub decode_splits: Option<usize>,
+    /// Upper bound on rows per weight chunk (None: what one binding holds). For tests of the
+    /// chunked path.
+    pub max_chunk_rows: Option<usize>,
+}
+
+impl Default for GpuLlamaOptions {
+    fn default() -> Self {
+        GpuLlamaOptions { max_context: 2048, max_batch: 32, decode_splits: None, max_chunk_rows: None }
+    }
+}
+
+/// A linear layer on the GPU: the weight as row chunks (f32 or split blocks) + optional bias.
+#[derive(Debug)]
+struct GpuLinear {
+    table: GpuEmbedTable,
+    bias: Option<wgpu::Buffer>,
+    out: usize,
+}
+
+/// The split layout of a quantized weight (converted from GGUF blocks when needed).
+fn split_of(w: &WeightStorage) -> Option<std::borrow::Cow<'_, SplitBlocks>> {
+    match w {
+        WeightStorage::F32(_) => None,
+        WeightStorage::Split(s) => Some(std::borrow::Cow::Borrowed(s)),
+        WeightStorage::Blocks { format, bytes } => SplitBlocks::from_blocks(*format, bytes).ok().map(std::borrow::Cow::Owned),
+    }
+}
+
+fn upload_table(ctx: &GpuContext, label: &str, lin: &Linear, max_rows: Option<usize>) -> Result<GpuEmbedTable, GpuModelError> {
+    let (out, inp) = (lin.out_features, lin.in_features);
+    Ok(match &lin.weight {
+        WeightStorage::F32(w) => GpuEmbedTable::upload(ctx, label, EmbedTable::F32(w), out, inp, max_rows)?,
+        other => {
+            let s = split_of(other).ok_or_else(|| GpuModelError::Unsupported(format!("{label}: blocks do not match the shape ({out}, {inp})")))?;
+            GpuEmbedTable::upload(ctx, label, EmbedTable::Quant(&s), out, inp, max_rows)?
+        }
+    })
+}
+
+fn upload_linear(ctx: &GpuContext, label: &str, lin: &Linear, max_rows: Option<usize>) -> Result<GpuLinear, GpuModelError> {
+    if lin.out_features == 0 || lin.in_features == 0 {
+        return Err(GpuModelError::Unsupported(format!("{label} has no weights (a sparse mixture-of-experts layer?): MoE layers do not run on the GPU yet; use --backend cpu")));
+    }
+    let table = upload_table(ctx, label, lin, max_rows)?;
+    let bias = match &lin.bias {
+        Some(b) => Some(persistent_storage(ctx, &format!("{label}.bias"), bytemuck::cast_slice(b))?),
+        None => None,
+    };
+    Ok(GpuLinear { table, bias, out: lin.out_features })
+}
+
+/// A binding of `len` f32 starting at element `offset` of `buf`.
+fn range(buf: &wgpu::Buffer, offset: usize, len: usize) -> wgpu::BufferBinding<'_> {
+    wgpu::BufferBinding { buffer: buf, offset: offset as u64 * 4, size: wgpu::BufferSize::new(len.max(1) as u64 * 4) }
+}
+
+/// Whether T > 1 rows of y = x·Wᵀ over `table` (out, inp) can be recorded in one go (module docs).
+fn batchable(table: &GpuEmbedTable, align_floats: usize) -> bool {
+    match table.format {
+        None => table.chunks.len() == 1,
+        Some(_) => table.h.is_multiple_of(align_floats) && table.vocab.is_multiple_of(align_floats),
+    }
+}
+
+/// Records y (t, n) = x (t, k) · Wᵀ for W = `table` (n rows of k). Caller guarantees t == 1 or
+/// [`batchable`]. Quantized: one `qmatvec` per token and chunk (x and y bound at that token's
+/// offsets); f32: one `matmul` (one chunk) or one per chunk (t = 1, columns at row0).
+fn encode_table(ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, table: &GpuEmbedTable, t: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<(), OpError> {
+    let (k, n) = (table.h, table.vocab);
+    match table.format {
+        None => {
+            for c in &table.chunks {
+                let meta = matmul::Meta { m: t as u32, n: c.rows as u32, k: k as u32, _pad: 0 };
+                let out = if table.chunks.len() == 1 { range(y, 0, t * n) } else { range(y, c.row0, c.rows) };
+                matmul::encode(ctx, enc, &meta, range(x, 0, t * k), range(&c.table, 0, c.rows * k), out)?;
+            }
+        }
+        Some(f) => {
+            let code = qmatvec::format_code(f);
+            let nb = k / 32;
+            for ti in 0..t {
+                for c in &table.chunks {
+                    let meta = qmatvec::Meta { rows: c.rows as u32, k: k as u32, format: code, _pad: 0 };
+                    let sb = c.rows * nb;
+                    qmatvec::encode(
+                        ctx,
+                        enc,
+                        &meta,
+                        range(&c.scales, 0, sb),
+                        range(c.mins.as_ref().unwrap_or(&c.scales), 0, sb),
+                        range(&c.table, 0, sb * f.quant_words()),
+                        range(x, ti * k, k),
+                        range(y, ti * n + c.row0, c.rows),
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl GpuLinear {
+    /// Records y (t, out) = x (t, inp) · Wᵀ (+ b).
+    fn encode(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, t: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<(), OpError> {
+        encode_table(ctx, enc, &self.table, t, x, y)?;
+        if let Some(b) = &self.bias {
+            let n = self.out;
+            add::encode(ctx, enc, &add::Meta { n: (t * n) as u32, ny: n as u32, _pad: [0; 2] }, range(y, 0, t * n), range(b, 0, n))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct GpuLayer {
+    input_norm: wgpu::Buffer,
+    post_norm: wgpu::Buffer,
+    q: GpuLinear,
+    k: GpuLinear,
+    v: GpuLinear,
+    o: GpuLinear,
+    gate: GpuLinear,
+    up: GpuLinear,
+    down: GpuLinear,
+    window: Option<usize>,
+}
+
+/// Activations for up to `max_batch` tokens, taken from the pool once and reused every token.
+#[derive(Debug)]
+struct Scratch {
+    tokens: PooledBuffer,
+    x: PooledBuffer,
+    hs: PooledBuffer,
+    q: PooledBuffer,
+    k: PooledBuffer,
+    v: PooledBuffer,
+    attn: PooledBuffer,
+    tmp: PooledBuffer,
+    gate: PooledBuffer,
+    up: PooledBuffer,
+    partial: PooledBuffer,
+    last: PooledBuffer,
+    logits: PooledBuffer,
+}
+
+/// A Llama-family model resident on the GPU, with its KV cache.
+pub struct GpuLlama {
+    ctx: GpuContext,
+    config: LlamaConfig,
+    layout: RopeLayout,
+    freqs: RopeFreqs,
+    inv_freq: wgpu::Buffer,
+    embed: GpuEmbedTable,
+    layers: Vec<GpuLayer>,
+    norm: wgpu::Buffer,
+    /// None: tied to `embed`.
+    head: Option<GpuLinear>,
+    cache: GpuKvCache,
+    scratch: Scratch,
+    opts: GpuLlamaOptions,
+    batched: bool,
+}
+
+impl std::fmt::Debug for GpuLlama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuLlama").field("adapter", &self.ctx.adapter_info.name).field("layers", &self.layers.len()).field("cache_len", &self.cache.len()).finish_non_exhaustive()
+    }
+}
+
+impl GpuLlama {
+    /// Uploads `model`'s weights to the device of `ctx` and allocates the KV cache and the
+    /// activations. MoE layers are refused by name.
+    pub fn new(ctx: GpuContext, model: &LlamaModel, opts: GpuLlamaOptions) -> Result<GpuLlama, GpuModelError> {
+        let c = &model.config;
+        let w = &model.weights;
+        let (h, nh, nkv, hd, inter, vocab) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size, c.vocab_size);
+        if w.layers.len() != c.num_hidden_layers || c.layer_windows.len() != c.num_hidden_layers {
+            return Err(GpuModelError::Unsupported(format!("{} layers of weights, {} in the config", w.layers.len(), c.num_hidden_layers)));
+        }
+        if hd > attention::MAX_HEAD_DIM {
+            return Err(GpuModelError::Unsupported(format!("head_dim {hd} > {} (the attention kernel's limit)", attention::MAX_HEAD_DIM)));
+        }
+        let opts = GpuLlamaOptions { max_batch: opts.max_batch.max(1), max_context: opts.max_context.max(1), ..opts };
+        let mr = opts.max_chunk_rows;
+        let embed = upload_table(&ctx, "embed_tokens", &w.embed_tokens, mr)?;
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for (i, l) in w.layers.iter().enumerate() {
+            let p = format!("layers.{i}");
+            layers.push(GpuLayer {
+                input_norm: persistent_storage(&ctx, &format!("{p}.input_layernorm"), bytemuck::cast_slice(&l.input_layernorm))?,
+                post_norm: persistent_storage(&ctx, &format!("{p}.post_attention_layernorm"), bytemuck::cast_slice(&l.post_attention_layernorm))?,
+                q: upload_linear(&ctx, &format!("{p}.q_proj"), &l.q_proj, mr)?,
+                k: upload_linear(&ctx, &format!("{p}.k_proj"), &l.k_proj, mr)?,
+                v: upload_linear(&ctx, &format!("{p}.v_proj"), &l.v_proj, mr)?,
+                o: upload_linear(&ctx, &format!("{p}.o_proj"), &l.o_proj, mr)?,
+                gate: upload_linear(&ctx, &format!("{p}.mlp.gate_proj"), &l.gate_proj, mr)?,
+                up: upload_linear(&ctx, &format!("{p}.mlp.up_proj"), &l.up_proj, mr)?,
+                down: upload_linear(&ctx, &format!("{p}.mlp.down_proj"), &l.down_proj, mr)?,
+                window: c.layer_windows[i],
+            });
+        }
+        let norm = persistent_storage(&ctx, "norm", bytemuck::cast_slice(&w.norm))?;
+        let head = match &w.lm_head {
+            Some(lin) => Some(upload_linear(&ctx, "lm_head", lin, mr)?),
+            None => None,
+        };
+        let freqs = c.rope.freqs(None);
+        let inv_freq = persistent_storage(&ctx, "rope.inv_freq", bytemuck::cast_slice(&freqs.inv_freq))?;
+        let cache = GpuKvCache::new(&ctx, c.num_hidden_layers, nkv, hd, opts.max_context)?;
+
+        let align = (ctx.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
+        let head_batchable = batchable(head.as_ref().map_or(&embed, |hl| &hl.table), align);
+        let batched = head_batchable && layers.iter().all(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().all(|x| batchable(&x.table, align)));
+        let t = if batched { opts.max_batch } else { 1 };
+
+        let s = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        let f = |label: &'static str, n: usize| ctx.buffer(label, n.max(1) as u64 * 4, s);
+        let max_splits = 16usize.max(opts.decode_splits.unwrap_or(1));
+        let scratch = Scratch {
+            tokens: f("llama_gpu.tokens", t)?,
+            x: f("llama_gpu.x", t * h)?,
+            hs: f("llama_gpu.hs", t * h)?,
+            q: f("llama_gpu.q", t * nh * hd)?,
+            k: f("llama_gpu.k", t * nkv * hd)?,
+            v: f("llama_gpu.v", t * nkv * hd)?,
+            attn: f("llama_gpu.attn", t * nh * hd)?,
+            tmp: f("llama_gpu.tmp", t * h)?,
+            gate: f("llama_gpu.gate", t * inter)?,
+            up: f("llama_gpu.up", t * inter)?,
+            partial: f("llama_gpu.partial", max_splits * nh * (hd + 2))?,
+            last: f("llama_gpu.last", h)?,
+            logits: f("llama_gpu.logits", t * vocab)?,
+        };
+        Ok(GpuLlama { ctx, config: c.clone(), layout: model.rope_layout, freqs, inv_freq, embed, layers, norm, head, cache, scratch, opts, batched })
+    }
+
+    pub fn ctx(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Positions in the KV cache (the position of the next token).
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether prefill runs T tokens per encoder (else token by token; module docs).
+    pub fn batched_prefill(&self) -> bool {
+        self.batched
+    }
+
+    /// Start a new sequence (the cache buffers are kept).
+    pub fn reset(&mut self) {
+        self.cache.clear();
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<(), GpuModelError> {
+        let vocab = self.config.vocab_size;
+        if let Some((index, &token)) = tokens.iter().enumerate().find(|(_, t)| **t as usize >= vocab) {
+            return Err(GpuModelError::TokenOutOfRange { token, index, vocab });
+        }
+        self.cache.check_room(tokens.len())?;
+        Ok(())
+    }
+
+    /// Runs `tokens` after the cached positions and returns the logits (T, vocab) row-major, as
+    /// `LlamaModel::forward` does.
+    pub async fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GpuModelError> {
+        self.check_tokens(tokens)?;
+        let mut out = Vec::with_capacity(tokens.len() * self.config.vocab_size);
+        let step = if self.batched { self.opts.max_batch } else { 1 };
+        for chunk in tokens.chunks(step) {
+            out.extend(self.forward_chunk(chunk, false).await?);
+        }
+        Ok(out)
+    }
+
+    /// Runs `tokens` after the cached positions and returns the logits of the last one (vocab):
+    /// the head runs for that token only.
+    pub async fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GpuModelError> {
+        self.check_tokens(tokens)?;
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let step = if self.batched { self.opts.max_batch } else { 1 };
+        let n = tokens.len().div_ceil(step);
+        let mut last = Vec::new();
+        for (i, chunk) in tokens.chunks(step).enumerate() {
+            if i + 1 < n {
+                self.forward_chunk(chunk, true).await?;
+            } else {
+                last = self.forward_chunk(chunk, true).await?;
+            }
+        }
+        Ok(last)
+    }
+
+    /// One encoder for `tokens` (≤ max_batch, or 1 when not batched); logits of every token or
+    /// (`last_only`) of the last.
+    async fn forward_chunk(&mut self, tokens: &[u32], last_only: bool) -> Result<Vec<f32>, GpuModelError> {
+        let t = tokens.len();
+        if t == 0 {
+            return Ok(Vec::new());
+        }
+        let c = &self.config;
+        let (h, nh, nkv, hd, inter, vocab) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size, c.vocab_size);
+        let ctx = &self.ctx;
+        let s = &self.scratch;
+        let pos0 = self.cache.len();
+        ctx.queue.write_buffer(&s.tokens, 0, bytemuck::cast_slice(tokens));
+        // Dynamic NTK: θ from the length after this call once past max_position_embeddings (as the
+        // CPU path and transformers); otherwise the frequencies computed at load.
+        if matches!(c.rope.scaling, RopeScaling::Dynamic { .. }) {
+            let f = c.rope.freqs(Some(pos0 + t));
+            ctx.queue.write_buffer(&self.inv_freq, 0, bytemuck::cast_slice(&f.inv_freq));
+        }
+        let half = self.freqs.inv_freq.len();
+        let rope_meta = |heads: usize| rope::Meta {
+            t: t as u32,
+            n_heads: heads as u32,
+            head_dim: hd as u32,
+            half: half as u32,
+            pos0: pos0 as u32,
+            layout: rope::layout_code(self.layout),
+            attention_factor: self.freqs.attention_factor,
+            _pad: 0,
+        };
+        let norm_meta = |rows: usize| rmsnorm::Meta { rows: rows as u32, d: h as u32, eps: c.rms_norm_eps, _pad: 0 };
+        let add_meta = add::Meta { n: (t * h) as u32, ny: (t * h) as u32, _pad: [0; 2] };
+
+        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("llama_gpu token") });
+        self.embed.encode(ctx, &mut enc, t, range(&s.tokens, 0, t), range(&s.x, 0, t * h))?;
+        for (li, l) in self.layers.iter().enumerate() {
+            rmsnorm::encode(ctx, &mut enc, &norm_meta(t), range(&s.x, 0, t * h), range(&l.input_norm, 0, h), range(&s.hs, 0, t * h))?;
+            l.q.encode(ctx, &mut enc, t, &s.hs, &s.q)?;
+            l.k.encode(ctx, &mut enc, t, &s.hs, &s.k)?;
+            l.v.encode(ctx, &mut enc, t, &s.hs, &s.v)?;
+            rope::encode(ctx, &mut enc, &rope_meta(nh), range(&s.q, 0, t * nh * hd), range(&self.inv_freq, 0, half))?;
+            rope::encode(ctx, &mut enc, &rope_meta(nkv), range(&s.k, 0, t * nkv * hd), range(&self.inv_freq, 0, half))?;
+            self.cache.append(&mut enc, li, &s.k, &s.v, t)?;
+            let mut p = AttentionParams { t, n_heads: nh, n_kv_heads: nkv, head_dim: hd, pos0, window: l.window, splits: 1 };
+            p.splits = if t == 1 { self.opts.decode_splits.unwrap_or_else(|| attention::default_splits(t, p.max_range())) } else { 1 };
+            let (kc, vc) = &self.cache.layers[li];
+            let kv = p.kv_len() * nkv * hd;
+            let partial = (p.splits > 1).then(|| range(&s.partial, 0, attention::partial_len(&p)));
+            attention::encode(ctx, &mut enc, &p, range(&s.q, 0, t * nh * hd), range(kc, 0, kv), range(vc, 0, kv), range(&s.attn, 0, t * nh * hd), partial)?;
+            l.o.encode(ctx, &mut enc, t, &s.attn, &s.tmp)?;
+            add::encode(ctx, &mut enc, &add_meta, range(&s.x, 0, t * h), range(&s.tmp, 0, t * h))?;
+            rmsnorm::encode(ctx, &mut enc, &norm_meta(t), range(&s.x, 0, t * h), range(&l.post_norm, 0, h), range(&s.hs, 0, t * h))?;
+            l.gate.encode(ctx, &mut enc, t, &s.hs, &s.gate)?;
+            l.up.encode(ctx, &mut enc, t, &s.hs, &s.up)?;
+            swiglu::encode(ctx, &mut enc, &swiglu::Meta { n: (t * inter) as u32, _pad: [0; 3] }, range(&s.gate, 0, t * inter), range(&s.up, 0, t * inter))?;
+            l.down.encode(ctx, &mut enc, t, &s.gate, &s.tmp)?;
+            add::encode(ctx, &mut enc, &add_meta, range(&s.x, 0, t * h), range(&s.tmp, 0, t * h))?;
+        }
+        // Final norm; the head on every row or on the last one (copied to the start of `last`).
+        let (src, rows): (&wgpu::Buffer, usize) = if last_only {
+            enc.copy_buffer_to_buffer(&s.x, ((t - 1) * h * 4) as u64, &s.last, 0, (h * 4) as u64);
+            rmsnorm::encode(ctx, &mut enc, &norm_meta(1), range(&s.last, 0, h), range(&self.norm, 0, h), range(&s.hs, 0, h))?;
+            (&s.hs, 1)
+        } else {
+            rmsnorm::encode(ctx, &mut enc, &norm_meta(t), range(&s.x, 0, t * h), range(&self.norm, 0, h), range(&s.hs, 0, t * h))?;
+            (&s.hs, t)
+        };
+        match &self.head {
+            Some(head) => head.encode(ctx, &mut enc, rows, src, &s.logits)?,
+            None => encode_table(ctx, &mut enc, &self.embed, rows, src, &s.logits)?,
+        }
+        ctx.queue.submit([enc.finish()]);
+        self.cache.advance(t)?;
+        let logits = ctx.read_f32("llama_gpu logits", &s.logits, 0, rows * vocab).await?;
+        Ok(logits)
+    }
+}
