@@ -15,6 +15,7 @@ import { fitsZip, zipStore } from './zip';
 import type { FromWorker, ToWorker } from './merge.worker';
 import { StatsPanel } from './stats';
 import { initShare } from './share-panel';
+import { setLastMerge } from './last-merge';
 
 type Tree = { [key: string]: Json };
 
@@ -586,6 +587,7 @@ function onWorkerMessage(m: FromWorker) {
     finishRun('ok', `Done in ${(m.ms / 1000).toFixed(2)} s: ${r.tensors} tensors, ${r.parameters.toLocaleString('en-US')} parameters, ${formatBytes(r.bytes_written)} written.`);
     showResults(m.files);
     stats().finish(m.report.stats, m.report.stats_csv);
+    setLastMerge(m.files); // the Generate tab can run it (last-merge.ts)
   } else if (m.type === 'error') {
     if (m.fatal) {
       worker?.terminate();

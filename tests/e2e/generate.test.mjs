@@ -1,0 +1,162 @@
+// End-to-end tests of the Generate tab (web/src/generate.ts → generate.worker.ts →
+// crate/src/wasm/generate.rs) in Debian's Chromium, on the CPU (WebAssembly) path.
+//
+// References: the real SmolLM2-135M-Instruct Q4_1 GGUF (fetched by scripts/fetch_models.sh; never
+// committed) must continue `The capital of France is` greedily with ` Paris.\n` = ids 7042 30 198,
+// the reference continuation of llama.cpp / transformers that the native CPU path reproduces
+// (crate/tests/smollm2.rs); the tiny Mixtral bundled as the page's demo must give transformers'
+// greedy ids and perplexity (tests/fixtures/moe/eval/perplexity.json, made by
+// scripts/fixtures/make_moe_fixtures.py).
+//
+// Needs: `npm run build` (or scripts/test.sh, which builds first) and the GGUF in .cache/models/.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { serve } from './serve.mjs';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const DIST = resolve(process.env.CRUCIBLE_DIST ?? join(ROOT, 'dist'));
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const GGUF = join(ROOT, '.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf');
+const MOE = join(ROOT, 'tests/fixtures/moe/eval');
+// A file name that is HTML: it must show as text, never run.
+const HTML_NAME = '<img src=x onerror="window.__pwned=1">SmolLM2.gguf';
+
+let server;
+let browser;
+let work;
+
+async function newPage() {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(server.url);
+  await page.click('#tab-generate');
+  await page.waitForSelector('#generate-tab[data-ready="true"]', { timeout: 30_000 });
+  return { page, context, errors };
+}
+
+/** Set the sampling controls: greedy, `max` tokens. */
+async function greedy(page, max) {
+  await page.check('#gen-greedy');
+  await page.fill('#gen-max-tokens', String(max));
+}
+
+/** Click Generate and wait until every model has finished; returns each slot's result. */
+async function generate(page, prompt) {
+  await page.fill('#gen-prompt', prompt);
+  await page.click('#gen-run');
+  await page.waitForFunction(() => [...document.querySelectorAll('.gen-slot')].every((s) => s.dataset.reason), null, { timeout: 90_000 });
+  return page.$$eval('.gen-slot', (ss) =>
+    ss.map((s) => ({
+      text: s.querySelector('.gen-text').textContent,
+      ids: (s.dataset.ids ?? '').split(',').filter(Boolean).map(Number),
+      reason: s.dataset.reason,
+      forwards: Number(s.dataset.forwards),
+      decodeTps: Number(s.dataset.decodeTps),
+      stats: s.querySelector('.gen-stats').textContent,
+    })),
+  );
+}
+
+before(async () => {
+  assert.ok(existsSync(join(DIST, 'index.html')), 'dist/ is missing: run `npm run build` (scripts/test.sh does) first');
+  assert.ok(existsSync(GGUF), `${GGUF} is missing: run scripts/fetch_models.sh (npm test's set-up does) first`);
+  work = mkdtempSync(join(tmpdir(), 'crucible-gen-'));
+  symlinkSync(GGUF, join(work, HTML_NAME));
+  server = await serve(DIST);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic', '--no-first-run'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+describe('Generate tab', () => {
+  it('SmolLM2-135M Q4_1 (GGUF) on the CPU path: greedy " Paris.", the name as text, Stop', async () => {
+    const { page, context, errors } = await newPage();
+    await page.setInputFiles('#gen-gguf-input', join(work, HTML_NAME));
+    await page.waitForSelector('.gen-slot[data-state="ready"], .gen-slot[data-state="error"]', { timeout: 60_000 });
+    assert.equal(await page.getAttribute('.gen-slot', 'data-state'), 'ready', await page.textContent('.gen-status'));
+
+    // The HTML file name is text: same characters back, no element made from it, nothing ran.
+    assert.equal(await page.textContent('.gen-slot .gen-name'), HTML_NAME);
+    assert.equal(await page.locator('.gen-slot img').count(), 0);
+    assert.equal(await page.evaluate(() => window.__pwned), undefined);
+    const info = await page.textContent('.gen-slot .gen-info');
+    assert.match(info, /llama · 1\d\d\.\d M parameters · Q4_1/);
+    assert.equal(await page.getAttribute('.gen-slot .gen-backend', 'data-backend'), 'cpu');
+
+    await greedy(page, 3);
+    const [r] = await generate(page, 'The capital of France is');
+    assert.deepEqual(r.ids, [7042, 30, 198], r.text);
+    assert.equal(r.text, ' Paris.\n');
+    assert.ok(r.text.startsWith(' Paris.'));
+    assert.equal(r.reason, 'max tokens');
+    assert.equal(r.forwards, 2);
+    assert.ok(r.decodeTps > 0, r.stats);
+    assert.match(r.stats, /prefill 5 tokens in .* tokens\/s\) · decode 3 tokens in .* tokens\/s\)/);
+
+    // Stop: a long generation ends after the current token; the model is ready again after it.
+    await page.fill('#gen-max-tokens', '200');
+    await page.click('#gen-run');
+    await page.waitForFunction(() => Number(document.querySelector('.gen-slot')?.dataset.generated ?? 0) >= 2, null, { timeout: 60_000 });
+    await page.click('#gen-stop');
+    await page.waitForSelector('.gen-slot[data-reason]', { timeout: 30_000 });
+    const stopped = await page.$eval('.gen-slot', (s) => ({ reason: s.dataset.reason, n: Number(s.dataset.generated), state: s.dataset.state }));
+    assert.equal(stopped.reason, 'stopped');
+    assert.ok(stopped.n >= 2 && stopped.n < 30, `stopped after ${stopped.n} tokens`);
+    assert.equal(stopped.state, 'ready');
+    assert.equal(await page.isDisabled('#gen-run'), false);
+    assert.equal(await page.isDisabled('#gen-stop'), true);
+    // ... and the same greedy run after a stop gives the same tokens (the cache was reset).
+    await greedy(page, 2);
+    const [again] = await generate(page, 'The capital of France is');
+    assert.deepEqual(again.ids, [7042, 30]);
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  it('bundled tiny Mixtral: transformers greedy ids, expert heat map, perplexity within 1e-4', async () => {
+    const ref = JSON.parse(readFileSync(join(MOE, 'perplexity.json'), 'utf8'));
+    const text = readFileSync(join(MOE, ref.text), 'utf8');
+    const { page, context, errors } = await newPage();
+    await page.click('#gen-add-demo');
+    await page.waitForSelector('.gen-slot[data-state="ready"], .gen-slot[data-state="error"]', { timeout: 30_000 });
+    assert.equal(await page.getAttribute('.gen-slot', 'data-state'), 'ready', await page.textContent('.gen-status'));
+    assert.equal(await page.getAttribute('.gen-slot', 'data-moe'), 'true');
+    assert.match(await page.textContent('.gen-slot .gen-info'), /MoE: \d+ experts, top-\d/);
+
+    await greedy(page, ref.greedy.ids.length);
+    const [r] = await generate(page, ref.greedy.prompt);
+    assert.deepEqual(r.ids, ref.greedy.ids);
+    assert.equal(r.text, ref.greedy.text);
+    // One heat-map column per token: prompt + generated.
+    const cols = Number(await page.getAttribute('.gen-slot .gen-heat', 'data-tokens'));
+    assert.equal(cols, ref.greedy.prompt_ids.length + ref.greedy.ids.length);
+    assert.equal(await page.isVisible('.gen-slot .gen-heat'), true);
+
+    // Perplexity with the reference's first case (window 16 → stride 8).
+    const c = ref.cases.find((k) => k.stride * 2 === k.context);
+    await page.fill('#gen-ppl-text', text);
+    await page.fill('#gen-ppl-context', String(c.context));
+    await page.click('#gen-ppl-run');
+    await page.waitForSelector('.gen-slot[data-perplexity]', { timeout: 30_000 });
+    const ppl = Number(await page.getAttribute('.gen-slot', 'data-perplexity'));
+    assert.ok(Math.abs(ppl - c.perplexity) / c.perplexity < 1e-4, `perplexity ${ppl} vs transformers ${c.perplexity}`);
+    assert.match(await page.textContent('.gen-slot .gen-ppl'), new RegExp(`over ${c.scored_tokens} tokens; window ${c.context}, stride ${c.stride}`));
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+});

@@ -1,0 +1,180 @@
+// One model of the Generate tab lives here (one worker per model), off the UI thread: the engine
+// reads the picked files synchronously (FileReaderSync), holds the weights, and produces text one
+// token at a time (`Generator.step`, crate/src/wasm/generate.rs). Between two steps the worker
+// yields to its message queue, so a `stop` message ends the generation after the current token.
+// Perplexity runs in one call (the page terminates this worker to cancel it).
+import init, { Generator, last_panic } from '../pkg/crucible.js';
+
+/** Where the model's files come from. */
+export type ModelSourceMsg =
+  | { kind: 'gguf'; file: File }
+  // A Hugging Face folder: relative path → File (config.json, *.safetensors, tokenizer.json, ...)
+  | { kind: 'hf'; name: string; files: Map<string, File> };
+
+/** The fields of the engine's `sample::SamplingParams` (temperature 0 = greedy). */
+export type SamplingOptions = {
+  temperature: number;
+  top_k: number;
+  top_p: number;
+  min_p: number;
+  repetition_penalty: number;
+  presence_penalty: number;
+  frequency_penalty: number;
+  no_repeat_ngram_size: number;
+  seed: number;
+};
+
+/** `Generator.info()`. */
+export type ModelInfo = {
+  name: string;
+  format: 'gguf' | 'safetensors';
+  family: string;
+  backend: 'cpu' | 'gpu';
+  params: number;
+  weight_bytes: number;
+  quantization: string;
+  embedding: string;
+  quantized_on_load: string | null;
+  layers: number;
+  hidden: number;
+  heads: number;
+  kv_heads: number;
+  vocab: number;
+  context: number;
+  eos: number[];
+  moe: null | { style: string; experts: number; top_k: number; shared_expert: boolean; layers_sparse: number[] };
+};
+
+/** Per layer, the [expert, weight] pairs one token used (empty for dense layers). */
+export type TokenExperts = [number, number][][];
+
+export type Perplexity = { tokens: number; scored: number; windows: number; context: number; stride: number; nll: number; perplexity: number };
+
+export type ToWorker =
+  | { type: 'load'; source: ModelSourceMsg; quantize?: string }
+  | { type: 'generate'; prompt: string; sampling: SamplingOptions; maxTokens: number }
+  | { type: 'stop' }
+  | { type: 'perplexity'; text: string; context?: number; stride?: number };
+
+export type FromWorker =
+  | { type: 'ready' }
+  | { type: 'loaded'; info: ModelInfo; ms: number }
+  | { type: 'started'; promptTokens: number; ids: number[]; pieces: string[]; prefillMs: number; experts: TokenExperts[] | null }
+  | { type: 'token'; text: string; token: number; generated: number; experts: TokenExperts | null; elapsedMs: number }
+  // forwards: decode steps that ran the model (the last drawn token is not run); decodeMs: time of all steps
+  | { type: 'done'; reason: string; generated: number; promptTokens: number; prefillMs: number; decodeMs: number; forwards: number }
+  | { type: 'ppl-progress'; done: number; total: number }
+  | { type: 'ppl'; result: Perplexity | null; ms: number }
+  | { type: 'error'; message: string; during: 'load' | 'generate' | 'perplexity'; fatal?: boolean };
+
+const ctx = globalThis as unknown as {
+  postMessage(m: FromWorker): void;
+  addEventListener(type: 'message', f: (e: MessageEvent<ToWorker>) => void): void;
+};
+
+const engine = init();
+let gen: Generator | null = null;
+let stopRequested = false;
+let running = false;
+
+/** Let queued messages (a `stop`) run: a zero-delay macrotask (setTimeout is clamped to 4 ms). */
+const channel = new MessageChannel();
+const waiters: (() => void)[] = [];
+channel.port1.onmessage = () => waiters.shift()?.();
+const yieldToQueue = () => new Promise<void>((r) => { waiters.push(r); channel.port2.postMessage(0); });
+
+function fail(err: unknown, during: 'load' | 'generate' | 'perplexity') {
+  // A trap (a bug, not bad input) leaves the module unusable: say what panicked; the page
+  // replaces this worker.
+  if (err instanceof WebAssembly.RuntimeError) {
+    const panic = last_panic();
+    ctx.postMessage({ type: 'error', during, fatal: true, message: `internal error (please report it): ${panic ?? err.message}` });
+  } else {
+    ctx.postMessage({ type: 'error', during, message: err instanceof Error ? err.message : String(err) });
+  }
+}
+
+async function generate(prompt: string, sampling: SamplingOptions, maxTokens: number) {
+  if (!gen) throw new Error('no model is loaded in this worker');
+  running = true;
+  stopRequested = false;
+  try {
+    const t0 = performance.now();
+    const s = JSON.parse(gen.start(prompt, JSON.stringify(sampling), maxTokens));
+    const prefillMs = performance.now() - t0;
+    ctx.postMessage({ type: 'started', promptTokens: s.prompt_tokens, ids: s.ids, pieces: s.pieces, prefillMs, experts: s.experts });
+    let generated = 0;
+    let decodeMs = 0;
+    let reason = 'stopped';
+    let forwards = 0;
+    for (;;) {
+      await yieldToQueue();
+      if (stopRequested) break;
+      const t = performance.now();
+      const r = JSON.parse(gen.step());
+      decodeMs += performance.now() - t;
+      if (r.token !== null && !(r.done && r.reason === 'end of sequence')) {
+        generated = r.generated;
+        ctx.postMessage({ type: 'token', text: r.text, token: r.token, generated, experts: r.experts, elapsedMs: decodeMs });
+      } else if (r.token !== null) generated = r.generated;
+      if (r.done) {
+        reason = r.reason;
+        break;
+      }
+      forwards++;
+    }
+    ctx.postMessage({ type: 'done', reason, generated, promptTokens: s.prompt_tokens, prefillMs, decodeMs, forwards });
+  } finally {
+    running = false;
+  }
+}
+
+ctx.addEventListener('message', async (e) => {
+  const msg = e.data;
+  if (msg.type === 'stop') {
+    stopRequested = true;
+    return;
+  }
+  try {
+    await engine;
+  } catch (err) {
+    ctx.postMessage({ type: 'error', during: 'load', message: `could not load the engine: ${String(err)}` });
+    return;
+  }
+  if (msg.type === 'load') {
+    try {
+      const t0 = performance.now();
+      gen?.free();
+      gen = null;
+      const src = msg.source;
+      gen = src.kind === 'gguf' ? Generator.from_gguf(src.file, msg.quantize) : Generator.from_hf(src.name, src.files, msg.quantize);
+      ctx.postMessage({ type: 'loaded', info: JSON.parse(gen.info()), ms: performance.now() - t0 });
+    } catch (err) {
+      fail(err, 'load');
+    }
+  } else if (msg.type === 'generate') {
+    if (running) {
+      ctx.postMessage({ type: 'error', during: 'generate', message: 'a generation is already running in this model: stop it first' });
+      return;
+    }
+    try {
+      await generate(msg.prompt, msg.sampling, msg.maxTokens);
+    } catch (err) {
+      fail(err, 'generate');
+    }
+  } else if (msg.type === 'perplexity') {
+    try {
+      if (!gen) throw new Error('no model is loaded in this worker');
+      const t0 = performance.now();
+      const r = gen.perplexity(msg.text, msg.context ?? 0, msg.stride ?? 0, (done: number, total: number) => {
+        ctx.postMessage({ type: 'ppl-progress', done, total });
+        return true;
+      });
+      ctx.postMessage({ type: 'ppl', result: JSON.parse(r), ms: performance.now() - t0 });
+    } catch (err) {
+      fail(err, 'perplexity');
+    }
+  }
+});
+
+ctx.postMessage({ type: 'ready' });
