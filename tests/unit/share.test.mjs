@@ -152,6 +152,22 @@ describe('share schema: round trip', () => {
     assert.match(r.warnings[1], /utm_source/);
   });
 
+  it('the Generate tab\'s controls and the open tab travel too', async () => {
+    const generate = {
+      prompt: 'The capital of France is <b>',
+      greedy: false,
+      maxTokens: 64,
+      sampling: { temperature: 0.7, top_k: 40, top_p: 0.9, min_p: 0.05, repetition_penalty: 1.1, presence_penalty: 0, frequency_penalty: 0, no_repeat_ngram_size: 3, seed: 7 },
+      quantize: 'q8_0',
+      pplText: 'Some text.',
+      models: [{ kind: 'local-gguf', name: 'smol.gguf', size: 12345 }, { kind: 'bundled', name: 'tiny Mixtral' }],
+    };
+    const st = { ...sample(), tab: 'generate', generate };
+    const dec = await S.decodeFragment((await S.encodeFragment(st)).fragment);
+    assert.equal(dec.ok, true, dec.message);
+    assert.deepEqual(dec.state, st);
+  });
+
   it('recipeModels lists base, models and slice sources once each', () => {
     assert.deepEqual(S.recipeModels(sample().recipe), ['tiny-base', 'tiny-math', '<img src=x onerror=alert(1)>', 'hub-model']);
     const slices = { merge_method: 'passthrough', slices: [{ sources: [{ model: 'a', layer_range: [0, 2] }] }, { sources: [{ model: 'b', layer_range: [1, 2] }, { model: 'a', layer_range: [0, 1] }] }] };
@@ -253,6 +269,28 @@ describe('share schema: what a link may not be', () => {
       [{ ...good(), r: { ...good().r, models: [{ model: 'a', parameters: { weight: Array(300).fill(1) } }] } }, 'recipe.models[0].parameters.weight', /longer than 256/],
     ];
     for (const [body, field, pattern] of cases) await expectError(fragmentOf(body), field, pattern, JSON.stringify(body).slice(0, 200));
+  });
+
+  it('the Generate tab\'s part is checked field by field', async () => {
+    const g = () => ({
+      prompt: 'x', greedy: true, maxTokens: 32, quantize: '', pplText: '', models: [],
+      sampling: { temperature: 1, top_k: 50, top_p: 1, min_p: 0, repetition_penalty: 1, presence_penalty: 0, frequency_penalty: 0, no_repeat_ngram_size: 0, seed: 0 },
+    });
+    assert.equal((await S.decodeFragment(fragmentOf({ ...good(), g: g() }))).ok, true);
+    const cases = [
+      [{ ...g(), maxTokens: 0 }, 'generate.maxTokens', /0 is out of range \(a whole number 1 … 4096\)/],
+      [{ ...g(), maxTokens: 2.5 }, 'generate.maxTokens', /out of range/],
+      [{ ...g(), quantize: 'q2_k' }, 'generate.quantize', /unknown quantization "q2_k"/],
+      [{ ...g(), greedy: 'yes' }, 'generate.greedy', /expected true or false/],
+      [{ ...g(), sampling: { ...g().sampling, temperature: 'hot' } }, 'generate.sampling.temperature', /expected a number, got "hot"/],
+      [{ ...g(), sampling: { ...g().sampling, mirostat: 1 } }, 'generate.sampling', /unknown field "mirostat"/],
+      [{ ...g(), models: [{ kind: 'url', name: 'x' }] }, 'generate.models[0].kind', /unknown kind "url"/],
+      [{ ...g(), models: [{ kind: 'local-gguf', name: 'x' }] }, 'generate.models[0].size', /expected a file size/],
+      [{ ...g(), models: Array(4).fill({ kind: 'bundled', name: 'x' }) }, 'generate.models', /too many models: 4 \(at most 3\)/],
+      [{ ...g(), prompt: 'p'.repeat(9000) }, 'generate.prompt', /longer than 8192/],
+    ];
+    for (const [gen, field, pattern] of cases) await expectError(fragmentOf({ ...good(), g: gen }), field, pattern, JSON.stringify(gen).slice(0, 120));
+    await expectError(fragmentOf({ ...good(), tab: 'settings' }), 'tab', /expected "merge" or "generate"/);
   });
 
   it('unknown method', async () => {

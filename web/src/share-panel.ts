@@ -11,15 +11,18 @@
 // Classroom flags follow tensorflow/playground (src/state.ts: `<control>_hide=true` parameters).
 
 import { demoModels } from './demo';
+import { applyGenerateState, collectGenerateState } from './generate';
 import { formatBytes } from './files';
 import { sha256Blob } from './sha256';
 import {
+  checkGenerate,
   decodeFragment,
   encodeFragment,
   HIDE_FLAG_NAMES,
   HIDE_FLAGS,
   recipeModels,
   type DemoName,
+  type GenerateShare,
   type HideFlag,
   type LocalFile,
   type Recipe,
@@ -69,6 +72,8 @@ const hashes = new WeakMap<File, Promise<string>>();
 const demoKeys = new Map<string, DemoName>();
 /** Per pending local source: check the files the user gave its card directly (not through the link panel). */
 const cardCheckers = new Map<string, (files: Map<string, File>) => Promise<void>>();
+/** The Generate tab's controls as the page first drew them: a link carries them only when they differ. */
+let generateDefaults = '';
 let timer = 0;
 let generation = 0;
 /** While the page shows a link it could not open, the URL keeps it until the user changes something. */
@@ -108,7 +113,11 @@ function currentView(): 'form' | 'yaml' {
  * The tab's state. Local files are hashed (cached); with `hashAll` false, files over
  * AUTO_HASH_LIMIT not hashed yet leave their model out (listed in `unhashed`).
  */
-async function collect(hashAll: boolean, onProgress?: (file: string, done: number, total: number) => void, signal?: AbortSignal): Promise<{ state: ShareState; unhashed: string[] }> {
+async function collect(
+  hashAll: boolean,
+  onProgress?: (file: string, done: number, total: number) => void,
+  signal?: AbortSignal,
+): Promise<{ state: ShareState; unhashed: string[]; generateNote: string }> {
   const sources: Source[] = [];
   const unhashed: string[] = [];
   for (const name of host.models()) {
@@ -137,6 +146,7 @@ async function collect(hashAll: boolean, onProgress?: (file: string, done: numbe
       list.push({ path, size: f.size, sha256: await hashOf(f, (d, t) => onProgress?.(path, d, t), signal) });
     sources.push({ name, kind: 'local', files: list });
   }
+  const gen = generateShare();
   const state: ShareState = {
     sources,
     recipe: host.tree(),
@@ -146,7 +156,30 @@ async function collect(hashAll: boolean, onProgress?: (file: string, done: numbe
     view: currentView(),
     hide: hideChecked(),
   };
-  return { state, unhashed };
+  if (gen.value) state.generate = gen.value;
+  if (currentTab() === 'generate') state.tab = 'generate';
+  return { state, unhashed, generateNote: gen.note };
+}
+
+function currentTab(): 'merge' | 'generate' {
+  return $('tab-generate')?.getAttribute('aria-selected') === 'true' ? 'generate' : 'merge';
+}
+
+/** The Generate tab's controls for the link: absent when they are the defaults; left out (with a note) when not valid. */
+function generateShare(): { value?: GenerateShare; note: string } {
+  let raw: unknown;
+  try {
+    if (!$('gen-prompt')) return { note: '' };
+    raw = JSON.parse(JSON.stringify(collectGenerateState()));
+  } catch {
+    return { note: '' };
+  }
+  if (JSON.stringify(raw) === generateDefaults) return { note: '' };
+  try {
+    return { value: checkGenerate(raw), note: '' };
+  } catch (e) {
+    return { note: ` The Generate tab's settings are left out: ${e instanceof Error ? e.message : String(e)}.` };
+  }
 }
 
 function setShareStatus(kind: '' | 'ok' | 'error' | 'info', text: string) {
@@ -190,7 +223,7 @@ async function updateUrl() {
     res.unhashed.length ? 'info' : '',
     res.unhashed.length
       ? `The link leaves out ${res.unhashed.join(', ')}: their files are large; press Copy link to compute their sha256.`
-      : `The address bar holds this recipe (${enc.fragment.length} characters).`,
+      : `The address bar holds this recipe (${enc.fragment.length} characters).${res.generateNote}`,
   );
 }
 
@@ -525,6 +558,15 @@ async function applyState(state: ShareState, warnings: string[]) {
   if (state.view === 'yaml' && !state.hide.includes('yaml')) $('view-yaml')?.click();
   else $('view-form')?.click();
 
+  if (state.generate) {
+    try {
+      applyGenerateState(state.generate);
+    } catch (e) {
+      notes.push(`The Generate tab's settings could not be set: ${e instanceof Error ? e.message : String(e)}.`);
+    }
+  }
+  if (state.tab === 'generate') $('tab-generate')?.click();
+
   // Bundled demo models: made here, no network.
   let demos: ReturnType<typeof demoModels> | null = null;
   const needs = $('link-needs');
@@ -580,6 +622,11 @@ export async function initShare(h: ShareHost) {
     if (p) p.hidden = true;
   });
 
+  try {
+    if ($('gen-prompt')) generateDefaults = JSON.stringify(collectGenerateState());
+  } catch {
+    // no Generate tab
+  }
   // The bundled demo models' file hashes (~40 KB each): models with these files are shared as the demo.
   try {
     for (const m of demoModels().models) demoKeys.set(await filesKey(m.files), m.name as DemoName);

@@ -73,6 +73,23 @@ export type Source =
   | { name: string; kind: 'hub'; repo: string; revision: string }
   | { name: string; kind: 'local'; files: LocalFile[] };
 
+/** The sampling controls of the Generate tab (generate.worker.ts `SamplingOptions`). */
+export const SAMPLING_KEYS = ['temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty', 'presence_penalty', 'frequency_penalty', 'no_repeat_ngram_size', 'seed'] as const;
+export const GENERATE_MODEL_KINDS = ['local-gguf', 'local-folder', 'merge', 'bundled'] as const;
+export const QUANTIZE = ['', 'q8_0', 'q4_0'] as const;
+export const MAX_GENERATE_MODELS = 3;
+
+/** The Generate tab's controls (generate.ts `GenerateState`): models are only named, never loaded by a link. */
+export interface GenerateShare {
+  prompt: string;
+  greedy: boolean;
+  maxTokens: number;
+  sampling: Record<(typeof SAMPLING_KEYS)[number], number>;
+  quantize: (typeof QUANTIZE)[number];
+  pplText: string;
+  models: ({ kind: 'local-gguf' | 'local-folder'; name: string; size: number } | { kind: 'merge' | 'bundled'; name: string })[];
+}
+
 /** The recipe as the form holds it: the JSON tree of the mergekit YAML. */
 export type Recipe = { [key: string]: Json };
 
@@ -90,6 +107,10 @@ export interface ShareState {
   view: 'form' | 'yaml';
   /** Classroom flags: controls hidden in this view. */
   hide: HideFlag[];
+  /** The open tab (absent: the Merge tab). */
+  tab?: 'merge' | 'generate';
+  /** The Generate tab's controls, when they differ from the page's defaults. */
+  generate?: GenerateShare;
 }
 
 /** The serialised body (inside `s=`): short keys, and no `yaml` when it is `toYaml(recipe)`. */
@@ -100,6 +121,8 @@ interface Body {
   seed?: string;
   shard?: string;
   view?: 'yaml';
+  tab?: 'generate';
+  g?: GenerateShare;
 }
 
 export type DecodeResult =
@@ -295,7 +318,7 @@ export function recipeModels(r: Recipe): string[] {
 
 function checkBody(v: unknown): ShareState {
   const o = obj(v, 'body');
-  onlyKeys(o, ['m', 'r', 'y', 'seed', 'shard', 'view'], 'body');
+  onlyKeys(o, ['m', 'r', 'y', 'seed', 'shard', 'view', 'tab', 'g'], 'body');
   const recipe = checkRecipe(o.r, 'recipe');
   if (!Array.isArray(o.m)) fail('models', `expected a list, got ${show(o.m)}`);
   const list = o.m as unknown[];
@@ -337,7 +360,53 @@ function checkBody(v: unknown): ShareState {
   const seed = o.seed === undefined ? '0' : checkSeed(o.seed);
   const shard = o.shard === undefined ? '' : checkShard(o.shard);
   if (o.view !== undefined && o.view !== 'yaml' && o.view !== 'form') fail('view', `expected "form" or "yaml", got ${show(o.view)}`);
-  return { sources, recipe, yaml, seed, shard, view: o.view === 'yaml' ? 'yaml' : 'form', hide: [] };
+  if (o.tab !== undefined && o.tab !== 'generate' && o.tab !== 'merge') fail('tab', `expected "merge" or "generate", got ${show(o.tab)}`);
+  const state: ShareState = { sources, recipe, yaml, seed, shard, view: o.view === 'yaml' ? 'yaml' : 'form', hide: [] };
+  if (o.tab === 'generate') state.tab = 'generate';
+  if (o.g !== undefined) state.generate = checkGenerate(o.g, 'generate');
+  return state;
+}
+
+function num(v: unknown, field: string, min: number, max: number, integer = false): number {
+  if (typeof v !== 'number' || !Number.isFinite(v)) return fail(field, `expected a number, got ${show(v)}`);
+  if (v < min || v > max || (integer && !Number.isInteger(v))) fail(field, `${v} is out of range (${integer ? 'a whole number ' : ''}${min} … ${max})`);
+  return v;
+}
+
+/** The Generate tab's part of a link. */
+export function checkGenerate(v: unknown, field = 'generate'): GenerateShare {
+  const o = obj(v, field);
+  onlyKeys(o, ['prompt', 'greedy', 'maxTokens', 'sampling', 'quantize', 'pplText', 'models'], field);
+  if (typeof o.greedy !== 'boolean') fail(`${field}.greedy`, `expected true or false, got ${show(o.greedy)}`);
+  const q = str(o.quantize, `${field}.quantize`, 16);
+  if (!(QUANTIZE as readonly string[]).includes(q)) fail(`${field}.quantize`, `unknown quantization ${show(q)} (known: none, q8_0, q4_0)`);
+  const so = obj(o.sampling, `${field}.sampling`);
+  onlyKeys(so, [...SAMPLING_KEYS], `${field}.sampling`);
+  const sampling = {} as GenerateShare['sampling'];
+  for (const k of SAMPLING_KEYS) sampling[k] = num(so[k], `${field}.sampling.${k}`, k === 'seed' ? 0 : -1e6, k === 'seed' ? 2 ** 53 : 1e6, k === 'seed' || k === 'top_k' || k === 'no_repeat_ngram_size');
+  if (!Array.isArray(o.models)) fail(`${field}.models`, `expected a list, got ${show(o.models)}`);
+  const ml = o.models as unknown[];
+  if (ml.length > MAX_GENERATE_MODELS) fail(`${field}.models`, `too many models: ${ml.length} (at most ${MAX_GENERATE_MODELS})`);
+  const models = ml.map((m, i) => {
+    const f = `${field}.models[${i}]`;
+    const e = obj(m, f);
+    onlyKeys(e, ['kind', 'name', 'size'], f);
+    const kind = str(e.kind, `${f}.kind`, 32);
+    if (!(GENERATE_MODEL_KINDS as readonly string[]).includes(kind)) fail(`${f}.kind`, `unknown kind ${show(kind)} (known: ${GENERATE_MODEL_KINDS.join(', ')})`);
+    const name = checkModelName(e.name, `${f}.name`);
+    if (kind === 'local-gguf' || kind === 'local-folder') return { kind, name, size: checkSize(e.size, `${f}.size`) } as const;
+    if (e.size !== undefined) fail(`${f}.size`, `a ${kind} model has no size`);
+    return { kind: kind as 'merge' | 'bundled', name };
+  });
+  return {
+    prompt: str(o.prompt, `${field}.prompt`, 8192),
+    greedy: o.greedy as boolean,
+    maxTokens: num(o.maxTokens, `${field}.maxTokens`, 1, 4096, true),
+    sampling,
+    quantize: q as GenerateShare['quantize'],
+    pplText: str(o.pplText, `${field}.pplText`, 16384),
+    models,
+  };
 }
 
 /** The state a tab may share: checked as strictly as a link (a link we write must open). */
@@ -362,6 +431,8 @@ function toBody(s: ShareState): Body {
   if (s.seed !== '0' && s.seed !== '') body.seed = s.seed;
   if (s.shard !== '') body.shard = s.shard;
   if (s.view === 'yaml') body.view = 'yaml';
+  if (s.tab === 'generate') body.tab = 'generate';
+  if (s.generate) body.g = s.generate;
   return body;
 }
 
