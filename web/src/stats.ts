@@ -104,6 +104,8 @@ const fmt = (v: number | null, digits = 4) => (v === null || !Number.isFinite(v)
 type ChartSpec = {
   id: string;
   title: string;
+  /** fixed y range (fractions: 0..1); else auto */
+  range?: [number, number];
   /** one series per returned label; values per layer */
   series: (layers: Agg[], models: string[]) => { label: string; values: (number | null)[] }[];
 };
@@ -123,6 +125,7 @@ const CHARTS: ChartSpec[] = [
   {
     id: 'fractions',
     title: 'sign conflicts, trimmed and elected-away fractions per layer',
+    range: [0, 1],
     series: (L) => [
       { label: 'sign conflicts', values: L.map((a) => mean(a.frac.conflict)) },
       { label: 'trimmed / dropped', values: L.map((a) => mean(a.frac.trimmed)) },
@@ -203,9 +206,11 @@ export class StatsPanel {
     this.schedule();
   }
 
-  /** The merge is done: every row, and the engine's CSV. */
+  /** The merge is done: the engine's CSV, and rows (every row, or those not sent yet: rows of
+   * tensors already shown are not added twice — a tensor name appears once per merge). */
   finish(rows: StatsRow[] | undefined, csv: string | undefined) {
-    if (rows) this.rows = rows.slice();
+    const seen = new Set(this.rows.map((r) => r.tensor));
+    for (const r of rows ?? []) if (!seen.has(r.tensor)) this.rows.push(r);
     this.csv = csv ?? null;
     this.csvBtn.disabled = this.csv === null;
     this.root.hidden = this.rows.length === 0;
@@ -280,8 +285,9 @@ export class StatsPanel {
         title: spec.title,
         width,
         height: 200,
-        scales: { x: { time: false } },
-        axes: [{ label: 'layer' }, {}],
+        scales: { x: { time: false }, y: spec.range ? { range: spec.range } : {} },
+        // layers are whole numbers: integer ticks only
+        axes: [{ label: 'layer', incrs: [1, 2, 5, 10, 20, 50, 100] }, {}],
         cursor: { drag: { x: false, y: false } },
         series: [
           { label: 'layer', value: (_u, v) => (v === null || v === undefined ? '—' : String(v)) },
