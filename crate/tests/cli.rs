@@ -1,8 +1,8 @@
 //! The `crucible` binary end to end on tiny Llama checkpoints written here with the streaming
 //! safetensors writer: linear, slerp and a passthrough frankenmerge are checked numerically
 //! against independent f64 evaluations of the formulas in `shared/merge-methods.md` (§3.1 linear,
-//! §3.2 slerp, §6.4 passthrough), plus the side files (config.json, tokenizer, recipe), sharded
-//! output, and error cases that must leave no output file behind.
+//! §3.2 slerp, §6.4 passthrough), plus the side files (config.json, tokenizer, recipe, the
+//! README.md model card), sharded output, and error cases that must leave no output file behind.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -166,7 +166,7 @@ fn linear_merge_matches_the_weighted_mean() {
         assert_close(v, &want, 1e-6, name);
     }
     // Side files: config of the first model (no base), its tokenizer, the recipe as run.
-    assert_eq!(files_in(&out), ["config.json", "mergekit_config.yml", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]);
+    assert_eq!(files_in(&out), ["README.md", "config.json", "mergekit_config.yml", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]);
     assert_eq!(std::fs::read_to_string(out.join("tokenizer.json")).unwrap(), "{\"model\": \"A\"}");
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["num_hidden_layers"], 2);
@@ -388,5 +388,74 @@ fn tokenizer_source_picks_the_tokenizer_donor() {
         assert_eq!(d.join("out/special_tokens_map.json").exists(), want == "C", "{extra}");
     }
     assert_fails_cleanly(&d, &format!("{lin}tokenizer_source: base\n"), &["tokenizer_source: base", "base_model"]);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The model card: exactly these bytes for this recipe (front matter with every merged model,
+/// the tags and library; method, base, per-model and global parameters with a gradient and a
+/// filter, dtypes, donor, the output's size; the recipe as run; the version), the same bytes on
+/// a second run (nothing from the clock or the machine), and its YAML block is the recipe.
+#[test]
+fn model_card_says_how_it_was_made() {
+    let d = tmp("card");
+    let (base, a, b) = (llama_tensors(3, 2, false), llama_tensors(4, 2, false), llama_tensors(5, 2, false));
+    write_model(&d.join("models/base"), &base, 2, Some("BASE"));
+    write_model(&d.join("models/a"), &a, 2, None);
+    write_model(&d.join("models/b \"q\""), &b, 2, None);
+    let recipe = "merge_method: ties\nbase_model: models/base\nmodels:\n  - model: models/a\n    parameters: {weight: [0.2, 0.8], density: 0.5}\n  - model: 'models/b \"q\"'\n    parameters:\n      weight: 0.5\n      density: [{filter: mlp, value: 0.3}, {value: 0.7}]\nparameters: {normalize: false, lambda: 1.5}\ndtype: bfloat16\nout_dtype: float16\n";
+    std::fs::write(d.join("recipe.yml"), recipe).unwrap();
+    let o = crucible(&["merge", "recipe.yml", "out"], &d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let card = std::fs::read_to_string(d.join("out/README.md")).unwrap();
+    let yaml = std::fs::read_to_string(d.join("out/mergekit_config.yml")).unwrap();
+    let want = format!(
+        r#"---
+base_model:
+- "models/a"
+- "models/b \"q\""
+- "models/base"
+library_name: transformers
+tags:
+- merge
+- mergekit
+- crucible
+---
+
+# Merged model
+
+This model is a merge of pre-trained language models made with Crucible, which runs mergekit 0.1.5 recipes in the browser or with its `crucible merge` command.
+
+## How it was made
+
+- **Method:** `ties` — Trim task vectors by magnitude, elect signs, disjoint mean (TIES).
+- **Base model:** `models/base`
+- **Models:**
+  - `models/a` (weight = [0.2, 0.8] (gradient over the layers), density = 0.5)
+  - `models/b "q"` (weight = 0.5, density = mlp: 0.3; default: 0.7)
+- **Parameters:** normalize = false, lambda = 1.5
+- **Loaded as:** bfloat16
+- **Config and tokenizer:** from `models/base`
+- **Output:** 21 tensors, 1256 parameters, 2 layers (llama layout), saved as float16
+
+## Recipe
+
+The same recipe is in `mergekit_config.yml`; `mergekit-yaml mergekit_config.yml OUTPUT_DIR` runs it with mergekit.
+
+```yaml
+{yaml}```
+
+Made with Crucible {}.
+"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(card, want);
+    // 1256 = embed 16·8 + 2 layers × (2 norms · 8 + q, o 8·8 + k, v 4·8 + gate, up, down 12·8) + norm 8 + lm_head 16·8
+    assert_eq!(base.iter().map(|t| t.2.len()).sum::<usize>(), 128 + 2 * (16 + 128 + 64 + 288) + 8 + 128);
+    // The recipe block parses back to the recipe that ran.
+    assert_eq!(Recipe::from_yaml(&yaml).unwrap(), Recipe::from_yaml(recipe).unwrap());
+    // Deterministic: a second run writes the same bytes.
+    let o = crucible(&["merge", "recipe.yml", "again"], &d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(d.join("again/README.md")).unwrap(), card.as_bytes());
     let _ = std::fs::remove_dir_all(&d);
 }
