@@ -21,15 +21,37 @@
 //
 // Workgroup layout: 256 threads, one rotary pair each, 2-D grid over T · n_heads · d/2 pairs.
 //
-// The trick: WGSL's sin/cos are only specified to absolute error 2⁻¹¹ on [−π, π], and angles
-// reach thousands of radians. We reduce the f32 angle exactly as the CPU sees it: k = round(a/2π),
-// r = (a − k·C1) − k·C2 with 2π = C1 + C2 and C1 = 6.28125 (8 significant bits, so k·C1 is exact
-// for k < 2¹⁶, i.e. angles below ~4·10⁵ rad), then take sin/cos of r ∈ [−π, π].
+// The trick: WGSL's sin/cos are only specified to absolute error 2⁻¹¹ on [−π, π] (SwiftShader's
+// are off by ~3·10⁻⁴ relative, measured), and angles reach thousands of radians. So this kernel
+// computes them itself, as Cephes `sinf`/`cosf` do: k = round(a · 2/π), y = a − k·(π/2) with π/2
+// split in three parts (P1 = 201/128 has 8 significant bits, so k·P1 is exact for k < 2¹⁶, i.e.
+// angles below ~10⁵ rad, and a − k·P1 is then exact by Sterbenz; k·P2 and k·P3 round by < 10⁻⁶
+// absolute there), y ∈ [−π/4, π/4]; then the Cephes minimax polynomials (≤ ~1 ulp there) and the
+// quadrant k mod 4.
 
 const WG: u32 = 256u;
-const INV_TWO_PI: f32 = 0.15915494309189535;
-const C1: f32 = 6.28125;
-const C2: f32 = 0.0019353071795864769;   // 2π − 6.28125
+const TWO_OVER_PI: f32 = 0.636619772367581343;
+const P1: f32 = 1.5703125;                       // π/2 = P1 + P2 + P3 (Cephes DP1..DP3 × 2)
+const P2: f32 = 4.837512969970703125e-4;
+const P3: f32 = 7.54978995489188216e-8;
+
+// (sin a, cos a) for an f32 angle a ≥ 0: absolute error ~10⁻⁶ at worst for a < ~10⁵ (header).
+fn sin_cos(a: f32) -> vec2<f32> {
+    let k = round(a * TWO_OVER_PI);
+    let y = ((a - k * P1) - k * P2) - k * P3;
+    let z = y * y;
+    let s = y + y * z * (-1.6666654611e-1 + z * (8.3321608736e-3 + z * -1.9515295891e-4));
+    let c = 1.0 - 0.5 * z + z * z * (4.166664568298827e-2 + z * (-1.388731625493765e-3 + z * 2.443315711809948e-5));
+    let q = i32(k) & 3;
+    if (q == 0) {
+        return vec2<f32>(s, c);
+    } else if (q == 1) {
+        return vec2<f32>(c, -s);
+    } else if (q == 2) {
+        return vec2<f32>(-s, -c);
+    }
+    return vec2<f32>(-c, s);
+}
 
 struct Meta {
     t: u32,         // tokens
@@ -60,10 +82,9 @@ fn main(
     let row = g / params.half;                  // t · n_heads + head
     let t = row / params.n_heads;
     let angle = f32(params.pos0 + t) * inv_freq[i];
-    let k = round(angle * INV_TWO_PI);
-    let r = (angle - k * C1) - k * C2;
-    let c = cos(r) * params.attn;
-    let s = sin(r) * params.attn;
+    let sc = sin_cos(angle);
+    let s = sc.x * params.attn;
+    let c = sc.y * params.attn;
     let base = row * params.head_dim;
     var a = base + i;
     var b = base + i + params.half;

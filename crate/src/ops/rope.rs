@@ -8,8 +8,9 @@
 //! (i, i + d/2) and GGUF adjacent (2i, 2i + 1). Partial rotary (d < head_dim) leaves the tail.
 //!
 //! Kernel: shaders/rope.wgsl. The angle p·θ_i is the same f32 product on both sides; the GPU then
-//! reduces it to [−π, π] (Cody–Waite, exact for angles < ~4·10⁵ rad) and uses f32 sin/cos, where
-//! the [`reference`] ([`crate::posenc::rope::apply_rope`], sin/cos in f64) is correctly rounded.
+//! computes sin/cos itself (Cody–Waite reduction by π/2 and Cephes' polynomials: WGSL's builtins
+//! are only specified to 2⁻¹¹ absolute, and SwiftShader's were 3·10⁻⁴ off), where the
+//! [`reference`] ([`crate::posenc::rope::apply_rope`], sin/cos in f64) is correctly rounded.
 //! Tests allow 2e-6 · (|x0| + |x1|) · max(1, factor) per output plus the reduction's error
 //! (~|angle| · 2⁻²⁴).
 
