@@ -14,6 +14,7 @@
 //!     → the worker collects them into `Blob`s the page offers for download.
 
 pub mod plan;
+pub mod merge_session;
 mod generate;
 
 use std::collections::BTreeMap;
