@@ -60,3 +60,32 @@ export function checkRecipe(yaml: string): RecipeCheck {
 export function engineVersion(): string {
   return wasm.version();
 }
+
+/** One file a model must supply in full for the merge (crate/src/merge/preview.rs `NeededFile`). */
+export interface PlanFile {
+  file: string;
+  size: number;
+  role: 'weights' | 'tokenizer';
+}
+
+/** The merge planned from headers only (crate/src/merge/preview.rs `PlanPreview`). */
+export interface MergePlan {
+  method: string;
+  architecture: string;
+  tensors: number;
+  parameters: number;
+  output_bytes: number;
+  largest_tensor: number;
+  num_hidden_layers: number;
+  config_donor: string;
+  tokenizer_donor: string;
+  models: { name: string; tensors: number; tensors_read: number; files: PlanFile[]; fetch_bytes: number }[];
+  output_files: string[];
+}
+
+export type PlanResult = { ok: true; plan: MergePlan } | { ok: false; message: string };
+
+/** Plan `yaml` over models given as `{name, files: [{path, size, prefix?}]}` (headers only). */
+export function planMerge(yaml: string, models: { name: string; files: { path: string; size: number; prefix?: Uint8Array }[] }[], outShardSize?: string): PlanResult {
+  return JSON.parse(wasm.plan_merge(yaml, models, outShardSize));
+}

@@ -3,17 +3,21 @@
 //     JSON tree the engine's YAML parser returns. The form reads and writes `tree` (then `yamlText`
 //     is regenerated); the YAML view writes `yamlText` (then `tree` is re-parsed by the engine).
 //   - `modelFiles`, model name (as used in the recipe) → that model's files by relative path.
+//   - `modelSources`, model name → where its files come from (local files, the bundled demo, or a
+//     Hugging Face Hub repo + revision), and `hubState`, a hub model's config + safetensors headers
+//     once read (hub.ts). Hub weights are downloaded only on Merge (cache.ts).
 // Every string that comes from a file, a folder or the engine reaches the page through
 // `textContent` / `value`, never through HTML.
 
-import { checkRecipe, defaultValue, engineVersion, loadEngine, methods as engineMethods, type MethodInfo, type ParamSpec } from './engine';
+import { checkRecipe, defaultValue, engineVersion, loadEngine, methods as engineMethods, planMerge, type MethodInfo, type ParamSpec, type PlanResult } from './engine';
+import { checkRepoId, checkRevision, HubError, initialHubBase, loadHubModel, normalizeBase, planInput, type HubModel } from './hub';
+import { cacheAvailable, cachedBlob, cacheUsage, clearCache, downloadToCache, CACHE_NAME } from './cache';
 import { demoModels } from './demo';
 import { formatBytes, fromDirectoryInput, fromDrop, fromFileInput, type ModelFileMap } from './files';
 import { gpuStatus } from './gpu';
 import { toYaml, type Json } from './yaml';
 import { fitsZip, zipStore } from './zip';
 import type { FromWorker, ToWorker } from './merge.worker';
-import { outputChoices, pickOutput, type OutputTarget } from './output';
 import { StatsPanel } from './stats';
 import { initShare } from './share-panel';
 import { setLastMerge } from './last-merge';
@@ -36,6 +40,16 @@ let tree: Tree = { merge_method: 'linear', models: [], dtype: 'float32' };
 let yamlText = toYaml(tree);
 let recipeOk = false;
 const modelFiles = new Map<string, ModelFileMap>();
+
+/** Where a model's files come from. SHARE serialises this (share-panel.ts `hubSource`). */
+export type ModelSource = { kind: 'local' } | { kind: 'bundled'; name: string } | { kind: 'hub'; repo: string; revision: string };
+const modelSources = new Map<string, ModelSource>();
+/** A hub model being read (config.json + safetensors headers), read, or failed. The same object
+ * moves with a rename, so a read that finishes after a rename lands on the right card. */
+type HubEntry = { status: 'loading' | 'ready' | 'error'; repo: string; revision: string; model?: HubModel; error?: string };
+const hubState = new Map<string, HubEntry>();
+/** Hub base URL (settings field; `?hub=` in the page URL; default https://huggingface.co). */
+let hubBase = initialHubBase();
 let view: 'form' | 'yaml' = 'form';
 
 const isObj = (v: Json | undefined): v is { [key: string]: Json } => !!v && typeof v === 'object' && !Array.isArray(v);
@@ -140,6 +154,8 @@ function removeModel(name: string) {
   if (Array.isArray(tree.models)) tree.models = tree.models.filter((m) => !(isObj(m) && m.model === name));
   if (tree.base_model === name) delete tree.base_model;
   modelFiles.delete(name);
+  modelSources.delete(name);
+  hubState.delete(name);
   fromForm();
   renderForm();
 }
@@ -159,6 +175,12 @@ function renameModel(from: string, to: string): string | null {
   if (f) {
     modelFiles.delete(from);
     modelFiles.set(to, f);
+  }
+  for (const m of [modelSources, hubState] as Map<string, unknown>[]) {
+    if (m.has(from)) {
+      m.set(to, m.get(from));
+      m.delete(from);
+    }
   }
   fromForm();
   renderForm();
@@ -203,6 +225,13 @@ function renderModels() {
     remove.addEventListener('click', () => removeModel(name));
     head.append(remove, nameErr);
     card.append(head);
+    const hub = hubState.get(name);
+    if (hub && !modelFiles.get(name)?.size) {
+      card.classList.add('hub');
+      card.append(hubCardBody(name, hub));
+      list.append(card);
+      return;
+    }
 
     const pick = el('div', { class: 'pickers' });
     const dirInput = el('input', { type: 'file', class: 'dir-input', 'aria-label': 'model folder' });
@@ -271,12 +300,369 @@ function renderModels() {
 
 function setFiles(name: string, files: ModelFileMap, folder: string | null) {
   modelFiles.set(name, files);
+  modelSources.set(name, { kind: 'local' });
+  hubState.delete(name);
   // A model still called by its placeholder name takes the folder's name.
   if (folder && /^model-\d+$/.test(name) && !modelRefs(tree).includes(folder) && !modelFiles.has(folder)) {
     renameModel(name, folder);
   } else {
     renderModels();
   }
+}
+
+// ---------------------------------------------------------------- hub sources, the plan, downloads
+
+/** The hub repo and revision of a model added from the hub (SHARE puts it in links). */
+export function hubSource(name: string): { repo: string; revision: string } | null {
+  const s = modelSources.get(name);
+  return s?.kind === 'hub' ? { repo: s.repo, revision: s.revision } : null;
+}
+
+/** Where every model's files come from, for serialisers (SHARE). */
+export function sourcesOfModels(): Map<string, ModelSource> {
+  return new Map(modelSources);
+}
+
+/**
+ * Add (or re-read) model `name` from the hub: config.json, the index if sharded, and only the
+ * safetensors headers (Range requests). The weights are downloaded on Merge. Throws a HubError
+ * whose message names the repo and the file; the card shows it too.
+ */
+export async function addHubModel(name: string, repo: string, revision = 'main'): Promise<void> {
+  repo = repo.trim();
+  revision = revision.trim() || 'main';
+  const bad = checkRepoId(repo) ?? checkRevision(revision);
+  if (bad) throw new HubError(bad);
+  if (!modelRefs(tree).includes(name)) {
+    if (Array.isArray(tree.slices)) throw new HubError('this recipe uses slices: name the model as a slice source in the YAML view first, then add it from the hub under that name');
+    modelsArray().push({ model: name });
+  }
+  modelFiles.delete(name);
+  modelSources.set(name, { kind: 'hub', repo, revision });
+  const entry: HubEntry = { status: 'loading', repo, revision };
+  hubState.set(name, entry);
+  fromForm();
+  renderForm();
+  try {
+    entry.model = await loadHubModel(hubBase, repo, revision);
+    entry.status = 'ready';
+  } catch (e) {
+    entry.status = 'error';
+    entry.error = e instanceof Error ? e.message : String(e);
+    throw e instanceof HubError ? e : new HubError(entry.error);
+  } finally {
+    renderModels();
+  }
+}
+
+/** A hub model's card body: repo@revision, what was read, or the error. */
+function hubCardBody(name: string, h: HubEntry): HTMLElement {
+  const box = el('div', { class: 'hub-source' });
+  const line = el('p', { class: 'hub-line' });
+  line.append(el('span', { class: 'badge hub' }, 'hub'), el('code', { class: 'hub-repo' }, `${h.repo}@${h.revision}`));
+  box.append(line);
+  if (h.status === 'loading') box.append(el('p', { class: 'note hub-loading' }, 'reading config.json and the safetensors headers…'));
+  if (h.status === 'error') {
+    box.append(el('p', { class: 'note bad hub-error' }, h.error ?? 'failed'));
+    const retry = el('button', { type: 'button', class: 'link' }, 'try again');
+    retry.addEventListener('click', () => addHubModel(name, h.repo, h.revision).catch(() => undefined));
+    box.append(retry);
+  }
+  if (h.model) {
+    const ul = el('ul', { class: 'file-list' });
+    for (const f of h.model.files) {
+      const li = el('li');
+      const what = f.path.endsWith('.safetensors') ? `header read (${formatBytes(f.prefix?.length ?? 0)})` : f.prefix ? 'read' : 'on merge';
+      li.append(el('span', { class: 'file-name' }, f.path), el('span', { class: 'file-size' }, formatBytes(f.size)), el('span', { class: 'file-note' }, what));
+      ul.append(li);
+    }
+    box.append(ul);
+  }
+  return box;
+}
+
+// The plan: made by the engine from headers only (crate/src/merge/preview.rs), shown before Merge.
+
+/** First 8 + N bytes of a local safetensors file (N = its header length). */
+const prefixes = new WeakMap<File, Promise<Uint8Array>>();
+function filePrefix(f: File): Promise<Uint8Array> {
+  let p = prefixes.get(f);
+  if (!p) {
+    p = (async () => {
+      const head = new Uint8Array(await f.slice(0, 8).arrayBuffer());
+      if (head.length < 8) return head;
+      const n = Number(new DataView(head.buffer).getBigUint64(0, true));
+      if (n > 100_000_000 || 8 + n > f.size) return head; // the engine says what is wrong
+      return new Uint8Array(await f.slice(0, 8 + n).arrayBuffer());
+    })();
+    prefixes.set(f, p);
+  }
+  return p;
+}
+
+async function localPlanInput(name: string, files: ModelFileMap) {
+  const out: { path: string; size: number; prefix?: Uint8Array }[] = [];
+  const seen = new Set<string>();
+  for (const [path, f] of files) {
+    // The worker finds a file by its path or by its last component: plan with the same names.
+    const base = path.replace(/.*\//, '');
+    const key = seen.has(base) ? path : base;
+    seen.add(key);
+    let prefix: Uint8Array | undefined;
+    if (base.endsWith('.safetensors')) prefix = await filePrefix(f);
+    else if ((base === 'config.json' || base === 'model.safetensors.index.json') && f.size < 64 << 20) prefix = new Uint8Array(await f.arrayBuffer());
+    out.push({ path: key, size: f.size, prefix });
+  }
+  return { name, files: out };
+}
+
+let planTimer = 0;
+let planGen = 0;
+
+function schedulePlan() {
+  clearTimeout(planTimer);
+  planTimer = window.setTimeout(() => void refreshPlan(), 150);
+}
+
+/** Models the merge reads: the recipe's, and a `tokenizer_source` model that is not one of them. */
+function planModels(): string[] {
+  const names = modelRefs(tree);
+  const ts = tree.tokenizer_source;
+  if (typeof ts === 'string' && ts !== 'base' && ts !== 'union' && !names.includes(ts)) names.push(ts);
+  return names;
+}
+
+function planLine(label: string, id: string, value: number, text: string): HTMLElement {
+  const s = el('span', { class: 'plan-item', id });
+  s.dataset.value = String(value);
+  s.append(el('strong', {}, text), document.createTextNode(` ${label}`));
+  return s;
+}
+
+/**
+ * Recompute the plan and show it; returns it (null when the recipe or a source is not ready).
+ * A newer call supersedes this one (null) unless `own`: Merge needs its own answer.
+ */
+async function refreshPlan(own = false): Promise<PlanResult | null> {
+  const gen = ++planGen;
+  const summary = $('plan-summary');
+  const list = $('plan-models');
+  const box = $('plan');
+  if (!summary || !list || !box) return null;
+  const show = (state: string, text: string) => {
+    box.dataset.state = state;
+    summary.replaceChildren(text);
+    list.replaceChildren();
+  };
+  if (!methodList.length) return null;
+  if (!recipeOk) {
+    show('waiting', 'The plan appears when the recipe is valid.');
+    return null;
+  }
+  const names = planModels();
+  const waiting = names.filter((n) => !modelFiles.get(n)?.size && hubState.get(n)?.status !== 'ready');
+  if (waiting.length) {
+    const loading = waiting.filter((n) => hubState.get(n)?.status === 'loading');
+    show('waiting', loading.length ? `Reading ${loading.join(', ')} from the hub…` : `The plan appears when every model has files: waiting for ${waiting.join(', ')}.`);
+    return null;
+  }
+  let inputs;
+  try {
+    inputs = await Promise.all(names.map((n) => (modelFiles.get(n)?.size ? localPlanInput(n, modelFiles.get(n)!) : planInput(n, hubState.get(n)!.model!))));
+  } catch (e) {
+    if (gen === planGen || own) show('error', `Could not read the models' headers: ${String(e)}`);
+    return null;
+  }
+  if (gen !== planGen && !own) return null;
+  const res = planMerge(yamlText, inputs, $<HTMLInputElement>('shard-input').value.trim() || undefined);
+  if (!res.ok) {
+    show('error', `Plan error: ${res.message}`);
+    return res;
+  }
+  const p = res.plan;
+  // Bytes still to download: hub files that are not in the cache yet.
+  let total = 0, toFetch = 0;
+  const rows: HTMLElement[] = [];
+  for (const m of p.models) {
+    const h = modelFiles.get(m.name)?.size ? undefined : hubState.get(m.name);
+    const li = el('li', { class: 'plan-model' });
+    li.dataset.model = m.name;
+    li.append(el('strong', {}, m.name), document.createTextNode(' '));
+    if (!h?.model) {
+      li.append(document.createTextNode(`${modelSources.get(m.name)?.kind === 'bundled' ? 'bundled' : 'local'} · reads ${m.tensors_read} of ${m.tensors} tensors · nothing to download`));
+      li.dataset.fetch = '0';
+    } else {
+      let missing = 0;
+      for (const f of m.files) {
+        const url = h.model.files.find((x) => x.path === f.file)?.url;
+        if (!(url && cacheAvailable() && (await caches.open(CACHE_NAME).then((c) => c.match(url))))) missing += f.size;
+      }
+      if (gen !== planGen && !own) return null;
+      total += m.fetch_bytes;
+      toFetch += missing;
+      li.dataset.fetch = String(m.fetch_bytes);
+      li.append(
+        el('code', {}, `${h.repo}@${h.revision}`),
+        document.createTextNode(
+          ` · reads ${m.tensors_read} of ${m.tensors} tensors · download ${formatBytes(m.fetch_bytes)}` +
+            (missing < m.fetch_bytes ? ` (${formatBytes(m.fetch_bytes - missing)} already cached)` : '') +
+            `: ${m.files.map((f) => `${f.file} ${formatBytes(f.size)}`).join(', ')}`,
+        ),
+      );
+    }
+    rows.push(li);
+  }
+  box.dataset.state = 'ok';
+  summary.replaceChildren(
+    planLine('tensors', 'plan-tensors', p.tensors, p.tensors.toLocaleString('en-US')),
+    document.createTextNode(' · '),
+    planLine('parameters', 'plan-params', p.parameters, p.parameters.toLocaleString('en-US')),
+    document.createTextNode(' · '),
+    planLine(`output (${p.output_files.join(', ')})`, 'plan-output', p.output_bytes, formatBytes(p.output_bytes)),
+    document.createTextNode(' · '),
+    planLine(total ? `to download${toFetch < total ? ` (of ${formatBytes(total)}; the rest is cached)` : ''}` : 'to download', 'plan-fetch', toFetch, formatBytes(toFetch)),
+  );
+  $('plan-fetch').dataset.total = String(total);
+  list.replaceChildren(...rows);
+  return res;
+}
+
+let downloadCtl: AbortController | null = null;
+
+/**
+ * Download the files the plan needs from the hub models into the cache (cached files are reused),
+ * with progress (bytes, rate) and Cancel. Returns each hub model's files as `File`s for the worker,
+ * or null after reporting an error or a cancel (the run is then finished).
+ */
+async function downloadHubFiles(): Promise<Map<string, Map<string, File>> | null> {
+  const ctl = new AbortController();
+  downloadCtl = ctl;
+  const fail = (kind: 'error' | 'cancelled', text: string) => {
+    downloadCtl = null;
+    finishRun(kind, text);
+    void refreshCacheInfo();
+    return null;
+  };
+  $('progress-text').textContent = 'planning…';
+  clearTimeout(planTimer);
+  const res = await refreshPlan(true);
+  if (ctl.signal.aborted) return fail('cancelled', 'Cancelled before any download.');
+  if (!res) return fail('error', 'the plan could not be made: see the Plan above');
+  if (!res.ok) return fail('error', res.message);
+  const out = new Map<string, Map<string, File>>();
+  const todo: { label: string; url: string; size: number; path: string; into: Map<string, File> }[] = [];
+  for (const m of res.plan.models) {
+    const h = hubState.get(m.name);
+    if (!h?.model || modelFiles.get(m.name)?.size) continue;
+    const into = new Map<string, File>();
+    out.set(m.name, into);
+    // Read during planning: config.json and the index are complete in memory.
+    for (const f of h.model.files) if (f.prefix && !f.path.endsWith('.safetensors')) into.set(f.path, new File([f.prefix as Uint8Array<ArrayBuffer>], f.path));
+    for (const need of m.files) {
+      const hf = h.model.files.find((x) => x.path === need.file);
+      if (!hf) return fail('error', `${h.repo}@${h.revision}: ${need.file} is needed but was not listed (internal error)`);
+      const cached = await cachedBlob(hf.url, need.size);
+      if (cached) into.set(need.file, new File([cached], need.file));
+      else todo.push({ label: `${h.repo}@${h.revision}: ${need.file}`, url: hf.url, size: need.size, path: need.file, into });
+    }
+  }
+  const total = todo.reduce((a, t) => a + t.size, 0);
+  let done = 0, shown = 0;
+  const t0 = performance.now();
+  const bar = $<HTMLProgressElement>('progress');
+  const show = (label: string) => {
+    const s = (performance.now() - t0) / 1000;
+    bar.max = 1;
+    bar.value = total ? done / total : 1;
+    $('progress-text').textContent = `downloading ${label} · ${formatBytes(done)} of ${formatBytes(total)} · ${s > 0.2 ? formatBytes(done / s) : '–'}/s`;
+  };
+  if (todo.length) setRunStatus('info', `Downloading ${todo.length} ${todo.length === 1 ? 'file' : 'files'} (${formatBytes(total)}) from the hub…`);
+  try {
+    for (const t of todo) {
+      show(t.label);
+      const blob = await downloadToCache(t.url, t.size, t.label, ctl.signal, (n) => {
+        done += n;
+        const now = performance.now();
+        if (now - shown > 100) {
+          shown = now;
+          show(t.label);
+        }
+      });
+      t.into.set(t.path, new File([blob], t.path));
+    }
+  } catch (e) {
+    if (ctl.signal.aborted) return fail('cancelled', 'Download cancelled: nothing partial was kept in the cache.');
+    return fail('error', e instanceof Error ? e.message : String(e));
+  }
+  downloadCtl = null;
+  void refreshCacheInfo();
+  $('progress-text').textContent = 'reading headers…';
+  setRunStatus('info', 'Merging…');
+  return out;
+}
+
+async function refreshCacheInfo() {
+  const info = $('cache-info');
+  if (!info) return;
+  if (!cacheAvailable()) {
+    info.textContent = 'Cache Storage is not available here (an insecure origin?): hub downloads are kept in memory only.';
+    return;
+  }
+  const u = await cacheUsage();
+  info.dataset.files = String(u.files);
+  info.dataset.bytes = String(u.bytes);
+  info.textContent =
+    `Download cache (${CACHE_NAME}): ${u.files} ${u.files === 1 ? 'file' : 'files'}, ${formatBytes(u.bytes)}` +
+    (u.usage !== undefined && u.quota ? ` · this site uses ${formatBytes(u.usage)} of ${formatBytes(u.quota)} available` : '');
+}
+
+function wireHub() {
+  const form = $<HTMLFormElement>('hub-form');
+  const status = $('hub-status');
+  const setStatus = (kind: string, text: string) => {
+    status.className = `hub-status ${kind}`;
+    status.textContent = text;
+  };
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const repo = $<HTMLInputElement>('hub-repo').value.trim();
+    const revision = $<HTMLInputElement>('hub-revision').value.trim() || 'main';
+    const bad = checkRepoId(repo) ?? checkRevision(revision);
+    if (bad) return setStatus('error', bad);
+    const name = uniqueName(revision === 'main' ? repo : `${repo}@${revision}`);
+    setStatus('info', `Reading ${repo}@${revision}…`);
+    try {
+      await addHubModel(name, repo, revision);
+      setStatus('ok', `Added ${name}: config.json and the safetensors headers read; the weights download on Merge.`);
+    } catch (err) {
+      setStatus('error', err instanceof Error ? err.message : String(err));
+    }
+  });
+  const baseInput = $<HTMLInputElement>('hub-base');
+  baseInput.value = hubBase;
+  baseInput.addEventListener('change', () => {
+    const v = normalizeBase(baseInput.value);
+    if (!v) {
+      setStatus('error', `${baseInput.value} is not an http(s) URL: the hub URL stays ${hubBase}`);
+      baseInput.value = hubBase;
+      return;
+    }
+    hubBase = v;
+    baseInput.value = v;
+    try {
+      localStorage.setItem('crucible.hub', v);
+    } catch {
+      // not saved: the setting lasts for this page
+    }
+    setStatus('info', `Hub URL: ${v} (for models added from now on).`);
+  });
+  $('cache-clear-btn').addEventListener('click', async () => {
+    await clearCache();
+    await refreshCacheInfo();
+    schedulePlan();
+  });
+  $('shard-input').addEventListener('input', schedulePlan);
+  void refreshCacheInfo();
 }
 
 // ---------------------------------------------------------------- form
@@ -515,7 +901,7 @@ function newWorker(): Worker {
 }
 
 function missingFiles(): string[] {
-  return modelRefs(tree).filter((n) => !modelFiles.get(n)?.size);
+  return modelRefs(tree).filter((n) => !modelFiles.get(n)?.size && hubState.get(n)?.status !== 'ready');
 }
 
 function updateMergeButton() {
@@ -523,6 +909,7 @@ function updateMergeButton() {
   btn.disabled = running || !recipeOk || !methodList.length;
   const missing = missingFiles();
   btn.title = !recipeOk ? 'fix the recipe first' : missing.length ? `add files for: ${missing.join(', ')}` : '';
+  schedulePlan();
 }
 
 // "What the merge did" (web/src/stats.ts): a panel after the results, fed by the worker.
@@ -559,31 +946,25 @@ async function startMerge() {
     setRunStatus('error', `Add files for ${missing.length > 1 ? 'models' : 'model'} ${missing.join(', ')} first.`);
     return;
   }
-  // Output target first: a folder picker needs the click's user activation (output.ts).
-  let output: OutputTarget | null;
-  try {
-    output = await pickOutput(($<HTMLSelectElement>('output-select').value || 'memory') as OutputTarget['kind']);
-  } catch (e) {
-    setRunStatus('error', `Could not open the output folder: ${String(e)}`);
-    return;
-  }
-  if (!output) {
-    setRunStatus('info', 'No folder chosen: nothing was merged.');
-    return;
-  }
   const seed = $<HTMLInputElement>('seed-input').value.trim() || '0';
   const files = new Map<string, Map<string, File>>();
-  for (const n of modelRefs(tree)) files.set(n, modelFiles.get(n)!);
+  for (const n of modelRefs(tree)) if (modelFiles.get(n)?.size) files.set(n, modelFiles.get(n)!);
   worker ??= newWorker();
   running = true;
   $<HTMLButtonElement>('cancel-btn').disabled = false;
   updateMergeButton();
+  if ([...modelRefs(tree), ...hubState.keys()].some((n) => !files.has(n) && hubState.get(n)?.status === 'ready')) {
+    // Hub models: download the files the plan needs into the cache first (cancellable).
+    const got = await downloadHubFiles();
+    if (!got) return;
+    for (const [n, f] of got) files.set(n, f);
+  }
   const bar = $<HTMLProgressElement>('progress');
   bar.removeAttribute('value'); // indeterminate until the first tensor
   $('progress-text').textContent = 'reading headers…';
   setRunStatus('info', 'Merging…');
   const shard = $<HTMLInputElement>('shard-input').value.trim();
-  const msg: ToWorker = { type: 'merge', yaml: yamlText, files, seed, outShardSize: shard || undefined, output };
+  const msg: ToWorker = { type: 'merge', yaml: yamlText, files, seed, outShardSize: shard || undefined };
   worker.postMessage(msg);
 }
 
@@ -595,12 +976,9 @@ function onWorkerMessage(m: FromWorker) {
     bar.value = m.total_bytes > 0 ? m.done_bytes / m.total_bytes : m.total_tensors > 0 ? m.done_tensors / m.total_tensors : 0;
     $('progress-text').textContent = `${m.done_tensors} / ${m.total_tensors} tensors · ${formatBytes(m.done_bytes)} of ${formatBytes(m.total_bytes)} · ${m.tensor}`;
     stats().add(m.stats);
-  } else if (m.type === 'cancelled') {
-    cancelDone(m.removed);
   } else if (m.type === 'done') {
     const r = m.report;
-    const where = m.output === 'directory' ? ' Saved in the chosen folder.' : m.output === 'opfs' ? " Stored in the browser's private storage: download the files below." : '';
-    finishRun('ok', `Done in ${(m.ms / 1000).toFixed(2)} s: ${r.tensors} tensors, ${r.parameters.toLocaleString('en-US')} parameters, ${formatBytes(r.bytes_written)} written.${where}`);
+    finishRun('ok', `Done in ${(m.ms / 1000).toFixed(2)} s: ${r.tensors} tensors, ${r.parameters.toLocaleString('en-US')} parameters, ${formatBytes(r.bytes_written)} written.`);
     showResults(m.files);
     stats().finish(m.report.stats, m.report.stats_csv);
     setLastMerge(m.files); // the Generate tab can run it (last-merge.ts)
@@ -614,8 +992,6 @@ function onWorkerMessage(m: FromWorker) {
 }
 
 function finishRun(kind: 'ok' | 'error' | 'cancelled', text: string) {
-  if (cancelTimer !== null) clearTimeout(cancelTimer);
-  cancelTimer = null;
   running = false;
   $<HTMLButtonElement>('cancel-btn').disabled = true;
   const bar = $<HTMLProgressElement>('progress');
@@ -628,43 +1004,15 @@ function finishRun(kind: 'ok' | 'error' | 'cancelled', text: string) {
 
 function cancelMerge() {
   if (!running) return;
-  // The worker stops between two steps, aborts its open files and removes what it created
-  // (merge.worker.ts); if it does not answer (a long step), it is terminated.
-  if (cancelTimer !== null) return;
-  setRunStatus('info', 'Cancelling…');
-  worker?.postMessage({ type: 'cancel' } satisfies ToWorker);
-  cancelTimer = setTimeout(() => {
-    worker?.terminate();
-    worker = newWorker();
-    cancelDone([]);
-  }, 10_000);
-}
-
-let cancelTimer: ReturnType<typeof setTimeout> | null = null;
-
-function cancelDone(removed: string[]) {
-  if (cancelTimer !== null) clearTimeout(cancelTimer);
-  cancelTimer = null;
+  if (downloadCtl) {
+    downloadCtl.abort(); // downloadHubFiles reports the cancel
+    return;
+  }
+  worker?.terminate(); // stops the engine mid-tensor; its partial output dies with it
+  worker = newWorker();
   clearResults();
   stats().reset();
-  finishRun('cancelled', `Merge cancelled: nothing was written${removed.length ? ` (${removed.length} unfinished files removed)` : ''}.`);
-}
-
-function fillOutputSelect() {
-  const sel = $<HTMLSelectElement>('output-select');
-  const hint = $('output-hint');
-  const choices = outputChoices();
-  sel.replaceChildren(...choices.map((c) => {
-    const o = document.createElement('option');
-    o.value = c.value;
-    o.textContent = c.label;
-    return o;
-  }));
-  const show = () => {
-    hint.textContent = choices.find((c) => c.value === sel.value)?.hint ?? '';
-  };
-  sel.addEventListener('change', show);
-  show();
+  finishRun('cancelled', 'Merge cancelled: nothing was written.');
 }
 
 function download(name: string, blob: Blob) {
@@ -711,6 +1059,9 @@ function loadDemo() {
   const { models, recipe } = demoModels();
   for (const n of [...modelFiles.keys()]) modelFiles.delete(n);
   for (const m of models) modelFiles.set(m.name, m.files);
+  modelSources.clear();
+  hubState.clear();
+  for (const m of models) modelSources.set(m.name, { kind: 'bundled', name: m.name });
   tree = recipe as Tree;
   fromForm();
   renderForm();
@@ -753,7 +1104,7 @@ async function main() {
   $('add-model-btn').addEventListener('click', () => addModel(uniqueName(`model-${modelRefs(tree).length + 1}`)));
   $('merge-btn').addEventListener('click', startMerge);
   $('cancel-btn').addEventListener('click', cancelMerge);
-  fillOutputSelect();
+  wireHub();
   $<HTMLTextAreaElement>('yaml-text').value = yamlText;
 
   const pill = $('engine-status');
@@ -795,6 +1146,8 @@ function wireShare() {
       modelFiles.set(name, files);
       renderModels();
     },
+    hubSource,
+    addHubModel,
   });
 }
 

@@ -1,0 +1,235 @@
+// Hugging Face Hub sources: a model is a repo id and a revision. Before any weights move, the page
+// reads config.json, model.safetensors.index.json (if the repo is sharded) and only the header of
+// each safetensors file, through two HTTP Range requests per file (bytes 0-7: the header length N,
+// little-endian u64; then bytes 8..8+N-1: the JSON header). The engine plans the merge from these
+// (`plan_merge`, crate/src/merge/preview.rs); the weight files are downloaded only on Merge
+// (cache.ts).
+//
+// References: the safetensors format (huggingface/safetensors, docs: 8-byte header length, JSON
+// header, data), huggingface_hub `get_safetensors_metadata` (the same two Range reads) and
+// `hf_hub_url` (`{endpoint}/{repo_id}/resolve/{revision}/{filename}`, revision URL-encoded), the
+// Hub's error headers (`X-Error-Code`: RepoNotFound, RevisionNotFound, EntryNotFound,
+// GatedRepo) as huggingface_hub's `hf_raise_for_status` reads them.
+//
+// Every name that comes from the Hub or the user is shown with textContent by the caller; this file
+// builds messages only.
+
+export const DEFAULT_HUB = 'https://huggingface.co';
+export const INDEX_FILE = 'model.safetensors.index.json';
+export const SINGLE_FILE = 'model.safetensors';
+/** The engine's limit on a safetensors header (formats/safetensors.rs MAX_HEADER_LEN). */
+const MAX_HEADER_LEN = 100_000_000;
+/** Tokenizer files mergekit copies from the donor (merge/run.rs TOKENIZER_FILES), and vocab.json. */
+export const TOKENIZER_FILES = [
+  'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.json', 'tokenizer.model', 'added_tokens.json',
+  'merges.txt', 'chat_template.jinja', 'generation_config.json', 'chat_template.json', 'video_preprocessor_config.json', 'vocab.json',
+];
+
+/** One file of a Hub model: its full size, and what the page holds of it (whole JSON files, headers). */
+export interface HubFile {
+  path: string;
+  size: number;
+  url: string;
+  /** config.json / the index: the whole file; a safetensors file: its first 8 + N bytes. */
+  prefix?: Uint8Array;
+}
+
+export interface HubModel {
+  repo: string;
+  revision: string;
+  base: string;
+  files: HubFile[];
+}
+
+export class HubError extends Error {}
+
+/** The hub base URL: `?hub=` in the page URL, else the saved setting, else huggingface.co. */
+export function initialHubBase(): string {
+  const q = new URLSearchParams(location.search).get('hub');
+  if (q) return normalizeBase(q) ?? DEFAULT_HUB;
+  try {
+    const saved = localStorage.getItem('crucible.hub');
+    if (saved) return normalizeBase(saved) ?? DEFAULT_HUB;
+  } catch {
+    // storage disabled: the default
+  }
+  return DEFAULT_HUB;
+}
+
+/** An http(s) URL without a trailing slash, or null. */
+export function normalizeBase(s: string): string | null {
+  try {
+    const u = new URL(s.trim());
+    if (u.protocol !== 'https:' && u.protocol !== 'http:') return null;
+    return u.href.replace(/\/+$/, '');
+  } catch {
+    return null;
+  }
+}
+
+/** A Hub repo id: `name` or `owner/name`, letters, digits, `-`, `_`, `.` (huggingface_hub's validate_repo_id). */
+export function checkRepoId(repo: string): string | null {
+  if (!repo) return 'enter a repo id such as HuggingFaceTB/SmolLM2-135M';
+  if (repo.length > 96) return `repo id ${repo.slice(0, 40)}… is longer than 96 characters`;
+  if (!/^[A-Za-z0-9][\w.-]*(\/[A-Za-z0-9][\w.-]*)?$/.test(repo) || repo.includes('..') || repo.includes('--'))
+    return `${repo} is not a valid repo id (owner/name: letters, digits, - _ . only)`;
+  return null;
+}
+
+export function checkRevision(rev: string): string | null {
+  if (!rev) return 'a revision is needed (a branch such as main, a tag or a commit hash)';
+  if (rev.length > 200 || !/^[\w.\-/]+$/.test(rev) || rev.split('/').includes('..')) return `${rev} is not a valid revision`;
+  return null;
+}
+
+export function resolveUrl(base: string, repo: string, revision: string, file: string): string {
+  return `${base}/${repo}/resolve/${encodeURIComponent(revision)}/${file.split('/').map(encodeURIComponent).join('/')}`;
+}
+
+const where = (repo: string, revision: string, file: string) => `${repo}@${revision}: ${file}`;
+
+/** A failed response → a message naming the repo, the revision and the file. */
+function statusMessage(res: Response, repo: string, revision: string, file: string): string {
+  const code = res.headers.get('x-error-code') ?? '';
+  if (code === 'RepoNotFound' || (res.status === 401 && !code))
+    return `repo ${repo} was not found on the hub (HTTP ${res.status}): check the id; a private or gated repo needs access this page does not have`;
+  if (code === 'RevisionNotFound') return `repo ${repo} has no revision ${revision} (HTTP ${res.status})`;
+  if (code === 'GatedRepo') return `repo ${repo} is gated (HTTP ${res.status}): accept its terms on the hub; this page cannot sign in`;
+  if (code === 'EntryNotFound' || res.status === 404) return `${where(repo, revision, file)} was not found (HTTP ${res.status})`;
+  return `${where(repo, revision, file)}: the hub answered HTTP ${res.status} ${res.statusText}`;
+}
+
+async function get(url: string, init: RequestInit, repo: string, revision: string, file: string): Promise<Response> {
+  try {
+    return await fetch(url, { ...init, cache: 'no-store' });
+  } catch (e) {
+    if (e instanceof DOMException && e.name === 'AbortError') throw e;
+    throw new HubError(`${where(repo, revision, file)}: could not reach ${new URL(url).origin} (network error, or the server does not allow this page through CORS): ${String(e)}`);
+  }
+}
+
+async function fetchWhole(m: HubModel, file: string, signal?: AbortSignal): Promise<Uint8Array | null> {
+  const url = resolveUrl(m.base, m.repo, m.revision, file);
+  const res = await get(url, { signal }, m.repo, m.revision, file);
+  if (res.status === 404 && (res.headers.get('x-error-code') ?? 'EntryNotFound') === 'EntryNotFound') return null;
+  if (!res.ok) throw new HubError(statusMessage(res, m.repo, m.revision, file));
+  return new Uint8Array(await res.arrayBuffer());
+}
+
+/** Bytes [start, end] (inclusive) of a file; the full size from Content-Range. */
+async function fetchRange(m: HubModel, file: string, start: number, end: number, signal?: AbortSignal): Promise<{ bytes: Uint8Array; total: number }> {
+  const url = resolveUrl(m.base, m.repo, m.revision, file);
+  const ctl = new AbortController();
+  const onAbort = () => ctl.abort();
+  signal?.addEventListener('abort', onAbort);
+  try {
+    const res = await get(url, { headers: { Range: `bytes=${start}-${end}` }, signal: ctl.signal }, m.repo, m.revision, file);
+    if (res.status === 200) {
+      ctl.abort(); // do not download the whole file
+      throw new HubError(`${where(m.repo, m.revision, file)}: the server ignored the Range request (HTTP 200 instead of 206): it must support Range requests so that only the header is read`);
+    }
+    if (res.status !== 206) throw new HubError(statusMessage(res, m.repo, m.revision, file));
+    const cr = res.headers.get('content-range');
+    const match = cr && /^bytes (\d+)-(\d+)\/(\d+)$/.exec(cr.trim());
+    if (!match) {
+      ctl.abort();
+      throw new HubError(`${where(m.repo, m.revision, file)}: the response has no readable Content-Range header (the server must send it and expose it through CORS)`);
+    }
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    const total = Number(match[3]);
+    if (Number(match[1]) !== start || Number(match[2]) !== end || bytes.length !== end - start + 1)
+      throw new HubError(`${where(m.repo, m.revision, file)}: asked for bytes ${start}-${end}, got ${bytes.length} bytes (${cr}): the server's Range answer is wrong`);
+    return { bytes, total };
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+/** The first 8 + N bytes of a safetensors file (N = its header length) and the file's size. */
+async function readHeader(m: HubModel, file: string, signal?: AbortSignal): Promise<HubFile> {
+  const first = await fetchRange(m, file, 0, 7, signal);
+  const n = Number(new DataView(first.bytes.buffer, first.bytes.byteOffset, 8).getBigUint64(0, true));
+  if (n < 2 || n > MAX_HEADER_LEN || 8 + n > first.total)
+    throw new HubError(`${where(m.repo, m.revision, file)}: header length ${n} does not fit a safetensors file of ${first.total} bytes (not a safetensors file, or corrupted)`);
+  const rest = await fetchRange(m, file, 8, 8 + n - 1, signal);
+  if (rest.total !== first.total)
+    throw new HubError(`${where(m.repo, m.revision, file)}: the file changed size between two requests (${first.total} then ${rest.total} bytes)`);
+  const prefix = new Uint8Array(8 + n);
+  prefix.set(first.bytes, 0);
+  prefix.set(rest.bytes, 8);
+  return { path: file, size: first.total, url: resolveUrl(m.base, m.repo, m.revision, file), prefix };
+}
+
+/** Run `f` over `items` with at most `limit` at a time, keeping the order of the results. */
+async function pool<T, R>(items: T[], limit: number, f: (t: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await f(items[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+/**
+ * Load what the plan needs of `repo@revision`: config.json, the index (sharded) or
+ * model.safetensors, every weight file's header, and the sizes of the tokenizer files present.
+ */
+export async function loadHubModel(base: string, repo: string, revision: string, signal?: AbortSignal): Promise<HubModel> {
+  const bad = checkRepoId(repo) ?? checkRevision(revision);
+  if (bad) throw new HubError(bad);
+  const m: HubModel = { repo, revision, base, files: [] };
+  const config = await fetchWhole(m, 'config.json', signal);
+  if (!config) throw new HubError(`${where(repo, revision, 'config.json')} was not found: the repo must be a transformers checkpoint with a config.json`);
+  try {
+    JSON.parse(new TextDecoder().decode(config));
+  } catch (e) {
+    throw new HubError(`${where(repo, revision, 'config.json')} is not valid JSON (${String(e)})`);
+  }
+  m.files.push({ path: 'config.json', size: config.length, url: resolveUrl(base, repo, revision, 'config.json'), prefix: config });
+
+  let weightFiles: string[];
+  const index = await fetchWhole(m, INDEX_FILE, signal);
+  if (index) {
+    let map: Record<string, unknown>;
+    try {
+      map = JSON.parse(new TextDecoder().decode(index)).weight_map;
+    } catch (e) {
+      throw new HubError(`${where(repo, revision, INDEX_FILE)} is not valid JSON (${String(e)})`);
+    }
+    if (!map || typeof map !== 'object') throw new HubError(`${where(repo, revision, INDEX_FILE)} has no weight_map object`);
+    weightFiles = [...new Set(Object.values(map).map(String))];
+    for (const f of weightFiles)
+      if (!/^[\w.\-]+(\/[\w.\-]+)*$/.test(f) || f.split('/').includes('..')) throw new HubError(`${where(repo, revision, INDEX_FILE)} names a file ${f} that is not a plain relative path`);
+    m.files.push({ path: INDEX_FILE, size: index.length, url: resolveUrl(base, repo, revision, INDEX_FILE), prefix: index });
+  } else {
+    weightFiles = [SINGLE_FILE];
+  }
+  m.files.push(...(await pool(weightFiles, 4, (f) => readHeader(m, f, signal))));
+
+  // Tokenizer files: which exist and how big (HEAD; an absent file is not an error).
+  const tok = await pool(TOKENIZER_FILES, 4, async (f): Promise<HubFile | null> => {
+    const url = resolveUrl(base, repo, revision, f);
+    let res: Response;
+    try {
+      res = await fetch(url, { method: 'HEAD', signal, cache: 'no-store' });
+    } catch (e) {
+      if (e instanceof DOMException && e.name === 'AbortError') throw e;
+      return null;
+    }
+    if (!res.ok) return null;
+    const size = Number(res.headers.get('x-linked-size') ?? res.headers.get('content-length') ?? NaN);
+    if (!Number.isFinite(size) || size < 0) throw new HubError(`${where(repo, revision, f)}: the server did not say its size (Content-Length)`);
+    return { path: f, size, url };
+  });
+  for (const t of tok) if (t) m.files.push(t);
+  return m;
+}
+
+/** A Hub model as the engine's `plan_merge` argument (`{name, files: [{path, size, prefix}]}`). */
+export function planInput(name: string, m: HubModel): { name: string; files: { path: string; size: number; prefix?: Uint8Array }[] } {
+  return { name, files: m.files.map((f) => ({ path: f.path, size: f.size, prefix: f.prefix })) };
+}
