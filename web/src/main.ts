@@ -18,6 +18,7 @@ import { gpuStatus } from './gpu';
 import { toYaml, type Json } from './yaml';
 import { fitsZip, zipStore } from './zip';
 import type { FromWorker, ToWorker } from './merge.worker';
+import { outputChoices, pickOutput, type OutputTarget } from './output';
 import { StatsPanel } from './stats';
 import { initShare } from './share-panel';
 import { setLastMerge } from './last-merge';
@@ -946,6 +947,18 @@ async function startMerge() {
     setRunStatus('error', `Add files for ${missing.length > 1 ? 'models' : 'model'} ${missing.join(', ')} first.`);
     return;
   }
+  // Output target first: a folder picker needs the click's user activation (output.ts).
+  let output: OutputTarget | null;
+  try {
+    output = await pickOutput(($<HTMLSelectElement>('output-select').value || 'memory') as OutputTarget['kind']);
+  } catch (e) {
+    setRunStatus('error', `Could not open the output folder: ${String(e)}`);
+    return;
+  }
+  if (!output) {
+    setRunStatus('info', 'No folder chosen: nothing was merged.');
+    return;
+  }
   const seed = $<HTMLInputElement>('seed-input').value.trim() || '0';
   const files = new Map<string, Map<string, File>>();
   for (const n of modelRefs(tree)) if (modelFiles.get(n)?.size) files.set(n, modelFiles.get(n)!);
@@ -964,7 +977,7 @@ async function startMerge() {
   $('progress-text').textContent = 'reading headers…';
   setRunStatus('info', 'Merging…');
   const shard = $<HTMLInputElement>('shard-input').value.trim();
-  const msg: ToWorker = { type: 'merge', yaml: yamlText, files, seed, outShardSize: shard || undefined };
+  const msg: ToWorker = { type: 'merge', yaml: yamlText, files, seed, outShardSize: shard || undefined, output };
   worker.postMessage(msg);
 }
 
@@ -976,9 +989,12 @@ function onWorkerMessage(m: FromWorker) {
     bar.value = m.total_bytes > 0 ? m.done_bytes / m.total_bytes : m.total_tensors > 0 ? m.done_tensors / m.total_tensors : 0;
     $('progress-text').textContent = `${m.done_tensors} / ${m.total_tensors} tensors · ${formatBytes(m.done_bytes)} of ${formatBytes(m.total_bytes)} · ${m.tensor}`;
     stats().add(m.stats);
+  } else if (m.type === 'cancelled') {
+    cancelDone(m.removed);
   } else if (m.type === 'done') {
     const r = m.report;
-    finishRun('ok', `Done in ${(m.ms / 1000).toFixed(2)} s: ${r.tensors} tensors, ${r.parameters.toLocaleString('en-US')} parameters, ${formatBytes(r.bytes_written)} written.`);
+    const where = m.output === 'directory' ? ' Saved in the chosen folder.' : m.output === 'opfs' ? " Stored in the browser's private storage: download the files below." : '';
+    finishRun('ok', `Done in ${(m.ms / 1000).toFixed(2)} s: ${r.tensors} tensors, ${r.parameters.toLocaleString('en-US')} parameters, ${formatBytes(r.bytes_written)} written.${where}`);
     showResults(m.files);
     stats().finish(m.report.stats, m.report.stats_csv);
     setLastMerge(m.files); // the Generate tab can run it (last-merge.ts)
@@ -992,6 +1008,8 @@ function onWorkerMessage(m: FromWorker) {
 }
 
 function finishRun(kind: 'ok' | 'error' | 'cancelled', text: string) {
+  if (cancelTimer !== null) clearTimeout(cancelTimer);
+  cancelTimer = null;
   running = false;
   $<HTMLButtonElement>('cancel-btn').disabled = true;
   const bar = $<HTMLProgressElement>('progress');
@@ -1008,11 +1026,43 @@ function cancelMerge() {
     downloadCtl.abort(); // downloadHubFiles reports the cancel
     return;
   }
-  worker?.terminate(); // stops the engine mid-tensor; its partial output dies with it
-  worker = newWorker();
+  // The worker stops between two steps, aborts its open files and removes what it created
+  // (merge.worker.ts); if it does not answer (a long step), it is terminated.
+  if (cancelTimer !== null) return;
+  setRunStatus('info', 'Cancelling…');
+  worker?.postMessage({ type: 'cancel' } satisfies ToWorker);
+  cancelTimer = setTimeout(() => {
+    worker?.terminate();
+    worker = newWorker();
+    cancelDone([]);
+  }, 10_000);
+}
+
+let cancelTimer: ReturnType<typeof setTimeout> | null = null;
+
+function cancelDone(removed: string[]) {
+  if (cancelTimer !== null) clearTimeout(cancelTimer);
+  cancelTimer = null;
   clearResults();
   stats().reset();
-  finishRun('cancelled', 'Merge cancelled: nothing was written.');
+  finishRun('cancelled', `Merge cancelled: nothing was written${removed.length ? ` (${removed.length} unfinished files removed)` : ''}.`);
+}
+
+function fillOutputSelect() {
+  const sel = $<HTMLSelectElement>('output-select');
+  const hint = $('output-hint');
+  const choices = outputChoices();
+  sel.replaceChildren(...choices.map((c) => {
+    const o = document.createElement('option');
+    o.value = c.value;
+    o.textContent = c.label;
+    return o;
+  }));
+  const show = () => {
+    hint.textContent = choices.find((c) => c.value === sel.value)?.hint ?? '';
+  };
+  sel.addEventListener('change', show);
+  show();
 }
 
 function download(name: string, blob: Blob) {
@@ -1104,6 +1154,7 @@ async function main() {
   $('add-model-btn').addEventListener('click', () => addModel(uniqueName(`model-${modelRefs(tree).length + 1}`)));
   $('merge-btn').addEventListener('click', startMerge);
   $('cancel-btn').addEventListener('click', cancelMerge);
+  fillOutputSelect();
   wireHub();
   $<HTMLTextAreaElement>('yaml-text').value = yamlText;
 
