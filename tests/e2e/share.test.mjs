@@ -6,13 +6,14 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { deflateRawSync } from 'node:zlib';
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { serve } from './serve.mjs';
+import { serveHub } from './hub_server.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const FIX = join(ROOT, 'tests/fixtures/merge');
@@ -248,19 +249,19 @@ describe('Share by URL', () => {
   });
 
   it('classroom flags hide their controls; the Share panel lists every flag and carries them into the link', async () => {
-    const { page, context, errors } = await newPage(server.url + '#yaml_hide=true&method_hide=true&seed_hide=true&models_hide=false');
+    const { page, context, errors } = await newPage(server.url + '#yaml_hide=true&method_hide=true&seed_hide=true&models_hide=false&hub_hide=true');
     await page.waitForFunction(() => document.querySelector('#view-yaml')?.parentElement?.style.display === 'none');
-    for (const sel of ['#view-yaml', '#recipe-yaml', '#method-select', '#seed-input']) assert.equal(await page.isHidden(sel), true, `${sel} is hidden`);
+    for (const sel of ['#view-yaml', '#recipe-yaml', '#method-select', '#seed-input', '#hub-form', '#hub-settings']) assert.equal(await page.isHidden(sel), true, `${sel} is hidden`);
     for (const sel of ['#models-section', '#base-select', '#shard-input', '#merge-btn', '#share-section']) assert.equal(await page.isVisible(sel), true, `${sel} is visible`);
     const flags = await page.$$eval('#hide-flags input', (is) => is.map((i) => [i.dataset.flag, i.checked]));
     assert.deepEqual(flags.map(([f]) => f), ['models', 'demo', 'add', 'hub', 'method', 'base', 'dtype', 'params', 'yaml', 'seed', 'shard', 'share']);
-    assert.deepEqual(flags.filter(([, c]) => c).map(([f]) => f), ['method', 'yaml', 'seed']);
+    assert.deepEqual(flags.filter(([, c]) => c).map(([f]) => f), ['hub', 'method', 'yaml', 'seed']);
     assert.match(await page.textContent('#hide-flags'), /yaml_hide the YAML view/);
     // The demo, and one more flag ticked: the link carries all of them, and opens hidden.
     await page.click('#demo-btn');
     await page.check('#hide-params');
     const link = await currentLink(page);
-    assert.match(link, /&method_hide=true&params_hide=true&yaml_hide=true&seed_hide=true$/);
+    assert.match(link, /&hub_hide=true&method_hide=true&params_hide=true&yaml_hide=true&seed_hide=true$/);
     await context.close();
     const b = await newPage(link);
     await b.page.waitForSelector('#link-panel:not([hidden])');
@@ -300,6 +301,51 @@ describe('Share by URL', () => {
     assert.match(yaml, /- model: tiny-base\n/);
     assert.deepEqual(errors, []);
     await context.close();
+  });
+
+  it('a link with hub sources: nothing fetched before the click, headers only on "Read", weights on Merge; same bytes as local files', async () => {
+    const hub = await serveHub({ 'models/base': join(FIX, 'models/base'), 'models/ft_a': join(FIX, 'models/ft_a') });
+    try {
+      const recipe = { merge_method: 'task_arithmetic', base_model: 'models/base', models: [{ model: 'models/ft_a', parameters: { weight: 0.6 } }], dtype: 'float32' };
+      // The reference: the same recipe on the local fixture files.
+      const a = await newPage();
+      await setYaml(a.page, 'merge_method: task_arithmetic\nbase_model: models/base\nmodels:\n  - model: models/ft_a\n    parameters:\n      weight: 0.6\ndtype: float32\n');
+      await a.page.waitForSelector('#recipe-status.ok');
+      for (const m of ['models/base', 'models/ft_a']) await setModelFiles(a.page, m, [join(FIX, m, 'model.safetensors'), join(FIX, m, 'config.json')]);
+      const ra = await runMerge(a.page);
+      assert.ok(ra.ok, ra.text);
+      const shaA = sha256(await download(a.page, 'model.safetensors'));
+      await a.context.close();
+
+      const body = { m: [{ n: 'models/base', h: 'models/base', r: 'main' }, { n: 'models/ft_a', h: 'models/ft_a', r: 'main' }], r: recipe };
+      const b = await newPage(`${server.url}?hub=${encodeURIComponent(hub.url)}${fragmentOf(body)}`);
+      await b.page.waitForSelector('.link-need[data-model="models/ft_a"] .hub-fetch-btn');
+      await b.page.waitForTimeout(1000);
+      assert.deepEqual(hub.log, [], 'no request to the hub before a click');
+      for (const m of ['models/base', 'models/ft_a']) {
+        const need = b.page.locator(`.link-need[data-model="${m}"]`);
+        await need.locator('.hub-fetch-btn').click();
+        await need.locator('.need-status.ok').waitFor({ timeout: 20_000 });
+        assert.match(await need.locator('.need-status').textContent(), new RegExp(`${m}@main added`));
+      }
+      // Reading a hub model fetched headers only: every GET of a .safetensors file was a Range request.
+      const weightGets = () => hub.log.filter((e) => e.method === 'GET' && e.url.endsWith('.safetensors'));
+      assert.ok(weightGets().length > 0);
+      assert.ok(weightGets().every((e) => e.range), JSON.stringify(weightGets()));
+      // The address bar keeps the hub sources.
+      const link = await currentLink(b.page);
+      const s = new URL(link).hash.slice(1).split('&').find((p) => p.startsWith('s=')).slice(2);
+      assert.deepEqual(JSON.parse(inflateRawSync(Buffer.from(s, 'base64url')).toString()).m, body.m);
+      await b.page.waitForSelector('#recipe-status.ok');
+      const rb = await runMerge(b.page);
+      assert.ok(rb.ok, rb.text);
+      assert.ok(weightGets().some((e) => !e.range || e.sent > 4096), 'Merge downloaded the weights');
+      assert.equal(sha256(await download(b.page, 'model.safetensors')), shaA);
+      assert.deepEqual(b.errors, []);
+      await b.context.close();
+    } finally {
+      await hub.close();
+    }
   });
 
   it('the Generate tab\'s prompt and sampling controls, and the open tab, travel in the link', async () => {

@@ -1193,8 +1193,10 @@ function wireShare() {
       $<HTMLTextAreaElement>('yaml-text').value = text;
       fromYaml(text);
     },
-    setFiles: (name, files) => {
+    setFiles: (name, files, bundled) => {
       modelFiles.set(name, files);
+      modelSources.set(name, bundled ? { kind: 'bundled', name: bundled } : { kind: 'local' });
+      hubState.delete(name);
       renderModels();
     },
     hubSource,

@@ -42,8 +42,8 @@ export interface ShareHost {
   files(name: string): Map<string, File> | undefined;
   /** Replace the recipe with this YAML (as typed in the YAML view) and re-render. */
   setYaml(text: string): void;
-  /** Give a model its files and re-render its card. */
-  setFiles(name: string, files: Map<string, File>): void;
+  /** Give a model its files (`bundled`: the demo model they are) and re-render its card. */
+  setFiles(name: string, files: Map<string, File>, bundled?: string): void;
   /** The hub repo and revision of a model added from the hub, if it was (hub.ts, helper HUB). */
   hubSource?(name: string): { repo: string; revision: string } | null;
   /** Add a hub model under `name` (reads config + headers; weights move only on Merge). */
@@ -575,7 +575,7 @@ async function applyState(state: ShareState, warnings: string[]) {
     if (src.kind === 'demo') {
       demos ??= demoModels();
       const m = demos.models.find((d) => d.name === src.demo)!;
-      host.setFiles(src.name, new Map(m.files));
+      host.setFiles(src.name, new Map(m.files), src.demo);
     } else {
       pending.set(src.name, src);
       needs?.append(src.kind === 'local' ? renderLocalNeed(src) : renderHubNeed(src));
