@@ -1,5 +1,6 @@
 // End-to-end tests of the Generate tab (web/src/generate.ts → generate.worker.ts →
-// crate/src/wasm/generate.rs) in Debian's Chromium, on the CPU (WebAssembly) path.
+// crate/src/wasm/generate.rs) in Debian's Chromium: the CPU (WebAssembly) path, and the WebGPU
+// path (models/llama_gpu.rs) on Chromium's software adapter (SwiftShader) for the first tokens.
 //
 // References: the real SmolLM2-135M-Instruct Q4_1 GGUF (fetched by scripts/fetch_models.sh; never
 // committed) must continue `The capital of France is` greedily with ` Paris.\n` = ids 7042 30 198,
@@ -73,7 +74,7 @@ before(async () => {
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
-    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic', '--no-first-run'],
+    args: ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic', '--no-first-run'],
   });
 });
 
@@ -86,6 +87,7 @@ after(async () => {
 describe('Generate tab', () => {
   it('SmolLM2-135M Q4_1 (GGUF) on the CPU path: greedy " Paris.", the name as text, Stop', async () => {
     const { page, context, errors } = await newPage();
+    await page.selectOption('#gen-backend', 'cpu');
     await page.setInputFiles('#gen-gguf-input', join(work, HTML_NAME));
     await page.waitForSelector('.gen-slot[data-state="ready"], .gen-slot[data-state="error"]', { timeout: 60_000 });
     assert.equal(await page.getAttribute('.gen-slot', 'data-state'), 'ready', await page.textContent('.gen-status'));
@@ -97,6 +99,7 @@ describe('Generate tab', () => {
     const info = await page.textContent('.gen-slot .gen-info');
     assert.match(info, /llama · 1\d\d\.\d M parameters · Q4_1/);
     assert.equal(await page.getAttribute('.gen-slot .gen-backend', 'data-backend'), 'cpu');
+    assert.match(await page.textContent('.gen-slot .gen-backend-note'), /CPU \(WebAssembly\): CPU chosen in the page/);
 
     await greedy(page, 3);
     const [r] = await generate(page, 'The capital of France is');
@@ -132,11 +135,13 @@ describe('Generate tab', () => {
     const ref = JSON.parse(readFileSync(join(MOE, 'perplexity.json'), 'utf8'));
     const text = readFileSync(join(MOE, ref.text), 'utf8');
     const { page, context, errors } = await newPage();
-    await page.click('#gen-add-demo');
+    await page.click('#gen-add-demo'); // backend 'auto': MoE layers stay on the CPU, and the page says why
     await page.waitForSelector('.gen-slot[data-state="ready"], .gen-slot[data-state="error"]', { timeout: 30_000 });
     assert.equal(await page.getAttribute('.gen-slot', 'data-state'), 'ready', await page.textContent('.gen-status'));
     assert.equal(await page.getAttribute('.gen-slot', 'data-moe'), 'true');
     assert.match(await page.textContent('.gen-slot .gen-info'), /MoE: \d+ experts, top-\d/);
+    assert.equal(await page.getAttribute('.gen-slot', 'data-backend'), 'cpu');
+    assert.match(await page.textContent('.gen-slot .gen-backend-note'), /CPU \(WebAssembly\): .*(MoE|mixture-of-experts)/);
 
     await greedy(page, ref.greedy.ids.length);
     const [r] = await generate(page, ref.greedy.prompt);
@@ -156,6 +161,23 @@ describe('Generate tab', () => {
     const ppl = Number(await page.getAttribute('.gen-slot', 'data-perplexity'));
     assert.ok(Math.abs(ppl - c.perplexity) / c.perplexity < 1e-4, `perplexity ${ppl} vs transformers ${c.perplexity}`);
     assert.match(await page.textContent('.gen-slot .gen-ppl'), new RegExp(`over ${c.scored_tokens} tokens; window ${c.context}, stride ${c.stride}`));
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  it('SmolLM2-135M Q4_1 on WebGPU (SwiftShader): GPU indicator and the first greedy tokens " Paris"', async () => {
+    const { page, context, errors } = await newPage();
+    await page.selectOption('#gen-backend', 'auto');
+    await page.setInputFiles('#gen-gguf-input', GGUF);
+    await page.waitForSelector('.gen-slot[data-state="ready"], .gen-slot[data-state="error"]', { timeout: 120_000 });
+    assert.equal(await page.getAttribute('.gen-slot', 'data-state'), 'ready', await page.textContent('.gen-status'));
+    assert.equal(await page.getAttribute('.gen-slot', 'data-backend'), 'gpu', await page.textContent('.gen-slot .gen-backend-note'));
+    assert.match(await page.getAttribute('.gen-slot .gen-backend', 'title'), /^WebGPU: /);
+    await greedy(page, 2);
+    const [r] = await generate(page, 'The capital of France is');
+    assert.deepEqual(r.ids, [7042, 30], r.text);
+    assert.equal(r.text, ' Paris.');
+    assert.equal(await page.getAttribute('.gen-slot', 'data-backend'), 'gpu');
     assert.deepEqual(errors, []);
     await context.close();
   });

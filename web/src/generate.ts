@@ -9,7 +9,7 @@
 // State for share-by-URL: `collectGenerateState()` / `applyGenerateState()` (the prompt, the
 // sampling controls, max tokens, the perplexity text, and the models as bundled names or local
 // files by name and size).
-import type { FromWorker, ModelInfo, ModelSourceMsg, Perplexity, SamplingOptions, TokenExperts, ToWorker } from './generate.worker';
+import type { Backend, FromWorker, ModelInfo, ModelSourceMsg, Perplexity, SamplingOptions, TokenExperts, ToWorker } from './generate.worker';
 import { getLastMerge, onLastMergeChange } from './last-merge';
 import './generate.css';
 import demoConfigUrl from '../../tests/fixtures/moe/mixtral/config.json?url';
@@ -30,6 +30,7 @@ type Slot = {
   source: SourceDesc;
   msg: ModelSourceMsg;
   quantize: string;
+  backendChoice: 'auto' | 'cpu';
   name: string;
   info?: ModelInfo;
   state: 'loading' | 'ready' | 'generating' | 'perplexity' | 'error';
@@ -46,6 +47,7 @@ type Slot = {
     ppl: HTMLElement;
     heat: HTMLCanvasElement;
     heatNote: HTMLElement;
+    backendNote: HTMLElement;
   };
 };
 
@@ -79,11 +81,19 @@ function fmtBytes(n: number): string {
   return i === 0 ? `${n} B` : `${v.toFixed(1)} ${u[i]}`;
 }
 
-/** Why this page runs the models on the CPU (the WebGPU forward is not wired into the page yet). */
-function backendReason(): string {
-  const gpu = (navigator as Navigator & { gpu?: unknown }).gpu;
-  if (!gpu) return 'WebGPU is not available in this browser (navigator.gpu is missing): running on the CPU (WebAssembly)';
-  return 'The page runs models on the CPU (WebAssembly); the WebGPU model path is not wired into the page in this version';
+/** The backend pill of a model: GPU with its adapter, or CPU with the reason. */
+function showBackend(slot: Slot, b: Backend) {
+  const pill = slot.el.backend;
+  pill.dataset.backend = b.backend;
+  slot.el.root.dataset.backend = b.backend;
+  if (b.backend === 'gpu') {
+    pill.textContent = 'GPU';
+    pill.title = `WebGPU: ${b.adapter ?? 'adapter'}`;
+  } else {
+    pill.textContent = 'CPU';
+    pill.title = `CPU (WebAssembly): ${b.cpu_reason ?? 'chosen in the page'}`;
+  }
+  slot.el.backendNote.textContent = b.backend === 'gpu' ? `Runs on WebGPU (${b.adapter ?? 'adapter'}).` : `Runs on the CPU (WebAssembly)${b.cpu_reason ? `: ${b.cpu_reason}` : '.'}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -128,20 +138,21 @@ function newSlot(source: SourceDesc, msg: ModelSourceMsg) {
     return;
   }
   const quantize = $<HTMLSelectElement>('gen-quantize').value;
+  const backendChoice = $<HTMLSelectElement>('gen-backend').value === 'cpu' ? 'cpu' : 'auto';
   const id = nextId++;
   const root = el('section', 'gen-slot card');
   root.dataset.slot = String(id);
   const head = el('div', 'gen-slot-head');
   const name = el('h3', 'gen-name', source.name);
-  const backend = el('span', 'pill gen-backend', 'CPU');
-  backend.dataset.backend = 'cpu';
-  backend.title = backendReason();
+  const backend = el('span', 'pill gen-backend', '…');
+  backend.title = 'loading';
   const remove = el('button', 'icon gen-remove', '×');
   remove.type = 'button';
   remove.title = 'Remove this model';
   remove.setAttribute('aria-label', 'Remove this model');
   head.append(name, backend, remove);
   const info = el('p', 'hint gen-info', '');
+  const backendNote = el('p', 'hint gen-backend-note', '');
   const status = el('p', 'gen-status', 'Loading…');
   status.setAttribute('role', 'status');
   const text = el('pre', 'gen-text');
@@ -152,7 +163,7 @@ function newSlot(source: SourceDesc, msg: ModelSourceMsg) {
   heatNote.hidden = true;
   const heat = el('canvas', 'gen-heat');
   heat.hidden = true;
-  root.append(head, info, status, text, stats, ppl, heatNote, heat);
+  root.append(head, info, backendNote, status, text, stats, ppl, heatNote, heat);
   $('gen-slots').append(root);
 
   const slot: Slot = {
@@ -161,10 +172,11 @@ function newSlot(source: SourceDesc, msg: ModelSourceMsg) {
     source,
     msg,
     quantize,
+    backendChoice,
     name: source.name,
     state: 'loading',
     tokens: [],
-    el: { root, name, backend, info, status, text, stats, ppl, heat, heatNote },
+    el: { root, name, backend, info, status, text, stats, ppl, heat, heatNote, backendNote },
   };
   remove.addEventListener('click', () => removeSlot(slot));
   heat.addEventListener('mousemove', (e) => heatHover(slot, e));
@@ -186,7 +198,7 @@ function startWorker(slot: Slot) {
   slot.worker.onerror = (e) => {
     setSlotError(slot, `the worker failed: ${e.message || 'unknown error'}`);
   };
-  const m: ToWorker = { type: 'load', source: slot.msg, quantize: slot.quantize || undefined };
+  const m: ToWorker = { type: 'load', source: slot.msg, quantize: slot.quantize || undefined, backend: slot.backendChoice };
   slot.worker.postMessage(m);
 }
 
@@ -237,11 +249,12 @@ function onMessage(slot: Slot, m: FromWorker) {
       slot.el.info.textContent = describe(m.info);
       slot.el.root.dataset.moe = m.info.moe ? 'true' : 'false';
       slot.el.root.dataset.weightBytes = String(m.info.weight_bytes);
-      slot.el.root.dataset.backend = m.info.backend;
+      showBackend(slot, m.info);
       setReady(slot, `Loaded in ${(m.ms / 1000).toFixed(2)} s.`);
       return;
     case 'started': {
       slot.tokens = m.pieces.map((p, i) => ({ piece: p, prompt: true, experts: m.experts?.[i] ?? null }));
+      showBackend(slot, m.backend);
       const rate = m.prefillMs > 0 ? (m.promptTokens / m.prefillMs) * 1000 : 0;
       slot.el.stats.textContent = `prefill ${m.promptTokens} tokens in ${(m.prefillMs / 1000).toFixed(2)} s (${rate.toFixed(1)} tokens/s)`;
       slot.el.status.textContent = 'Generating…';
@@ -252,6 +265,10 @@ function onMessage(slot: Slot, m: FromWorker) {
       // textContent only: model output is text, never HTML.
       slot.el.text.append(document.createTextNode(m.text));
       slot.tokens.push({ piece: m.text, prompt: false, experts: m.experts });
+      if (m.fallback) {
+        showBackend(slot, m.backend);
+        slot.el.root.dataset.fallback = m.fallback;
+      }
       slot.el.root.dataset.generated = String(m.generated);
       // the drawn ids, for tests and the curious (also the token count)
       slot.el.root.dataset.ids = slot.el.root.dataset.ids ? `${slot.el.root.dataset.ids},${m.token}` : String(m.token);
@@ -355,7 +372,7 @@ function run() {
     if (slot.state !== 'ready') continue;
     slot.state = 'generating';
     slot.el.root.dataset.state = 'generating';
-    for (const k of ['ids', 'generated', 'prefillTps', 'decodeTps', 'forwards', 'decodeMs', 'prefillMs', 'reason']) delete slot.el.root.dataset[k];
+    for (const k of ['ids', 'fallback', 'generated', 'prefillTps', 'decodeTps', 'forwards', 'decodeMs', 'prefillMs', 'reason']) delete slot.el.root.dataset[k];
     slot.el.text.textContent = '';
     slot.el.stats.textContent = '';
     slot.el.status.textContent = 'Reading the prompt…';
@@ -541,6 +558,8 @@ export type GenerateState = {
   maxTokens: number;
   sampling: SamplingOptions;
   quantize: string;
+  /** 'auto' (WebGPU if available) or 'cpu' */
+  backend: string;
   pplText: string;
   /** what was loaded: bundled demos by name; local files / folders by name and size (asked for again) */
   models: SourceDesc[];
@@ -555,6 +574,7 @@ export function collectGenerateState(): GenerateState {
     maxTokens: Number($<HTMLInputElement>('gen-max-tokens').value),
     sampling,
     quantize: $<HTMLSelectElement>('gen-quantize').value,
+    backend: $<HTMLSelectElement>('gen-backend').value,
     pplText: $<HTMLTextAreaElement>('gen-ppl-text').value,
     models: slots.map((s) => s.source),
   };
@@ -567,6 +587,7 @@ export function applyGenerateState(s: Partial<GenerateState>): void {
   if (typeof s.greedy === 'boolean') $<HTMLInputElement>('gen-greedy').checked = s.greedy;
   if (typeof s.maxTokens === 'number') $<HTMLInputElement>('gen-max-tokens').value = String(s.maxTokens);
   if (typeof s.quantize === 'string') $<HTMLSelectElement>('gen-quantize').value = s.quantize;
+  if (s.backend === 'auto' || s.backend === 'cpu') $<HTMLSelectElement>('gen-backend').value = s.backend;
   if (typeof s.pplText === 'string') $<HTMLTextAreaElement>('gen-ppl-text').value = s.pplText;
   for (const f of NUM_FIELDS) {
     const v = s.sampling?.[f.key];
@@ -611,6 +632,11 @@ function build(root: HTMLElement) {
       <input id="gen-folder-input" type="file" webkitdirectory multiple hidden>
       <button id="gen-add-merge" type="button" disabled title="Merge in the Merge tab first">+ The merge just made</button>
       <button id="gen-add-demo" type="button" class="secondary">+ Demo: tiny Mixtral (MoE)</button>
+      <label for="gen-backend" class="second">Run on</label>
+      <select id="gen-backend">
+        <option value="auto">WebGPU if available, else CPU</option>
+        <option value="cpu">CPU (WebAssembly)</option>
+      </select>
       <label for="gen-quantize" class="second">Quantize on load</label>
       <select id="gen-quantize">
         <option value="">no</option>

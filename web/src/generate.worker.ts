@@ -1,6 +1,8 @@
 // One model of the Generate tab lives here (one worker per model), off the UI thread: the engine
 // reads the picked files synchronously (FileReaderSync), holds the weights, and produces text one
-// token at a time (`Generator.step`, crate/src/wasm/generate.rs). Between two steps the worker
+// token at a time (`Generator.step`, crate/src/wasm/generate.rs), on WebGPU when the browser has
+// an adapter and the model runs there (`Generator.use_gpu`), else — or after a GPU failure — on
+// the CPU, saying why. Between two steps the worker
 // yields to its message queue, so a `stop` message ends the generation after the current token.
 // Perplexity runs in one call (the page terminates this worker to cancel it).
 import init, { Generator, last_panic } from '../pkg/crucible.js';
@@ -30,6 +32,8 @@ export type ModelInfo = {
   format: 'gguf' | 'safetensors';
   family: string;
   backend: 'cpu' | 'gpu';
+  adapter: string | null;
+  cpu_reason: string | null;
   params: number;
   weight_bytes: number;
   quantization: string;
@@ -50,8 +54,12 @@ export type TokenExperts = [number, number][][];
 
 export type Perplexity = { tokens: number; scored: number; windows: number; context: number; stride: number; nll: number; perplexity: number };
 
+/** Where the model runs now, and why the CPU when it is the CPU. */
+export type Backend = { backend: 'cpu' | 'gpu'; adapter: string | null; cpu_reason: string | null };
+
 export type ToWorker =
-  | { type: 'load'; source: ModelSourceMsg; quantize?: string }
+  // backend 'auto': WebGPU when possible, else the CPU (with the reason); 'cpu': the CPU only
+  | { type: 'load'; source: ModelSourceMsg; quantize?: string; backend: 'auto' | 'cpu' }
   | { type: 'generate'; prompt: string; sampling: SamplingOptions; maxTokens: number }
   | { type: 'stop' }
   | { type: 'perplexity'; text: string; context?: number; stride?: number };
@@ -59,8 +67,9 @@ export type ToWorker =
 export type FromWorker =
   | { type: 'ready' }
   | { type: 'loaded'; info: ModelInfo; ms: number }
-  | { type: 'started'; promptTokens: number; ids: number[]; pieces: string[]; prefillMs: number; experts: TokenExperts[] | null }
-  | { type: 'token'; text: string; token: number; generated: number; experts: TokenExperts | null; elapsedMs: number }
+  | { type: 'started'; promptTokens: number; ids: number[]; pieces: string[]; prefillMs: number; experts: TokenExperts[] | null; backend: Backend }
+  // fallback: set when this step left the GPU for the CPU (the reason)
+  | { type: 'token'; text: string; token: number; generated: number; experts: TokenExperts | null; elapsedMs: number; backend: Backend; fallback: string | null }
   // forwards: decode steps that ran the model (the last drawn token is not run); decodeMs: time of all steps
   | { type: 'done'; reason: string; generated: number; promptTokens: number; prefillMs: number; decodeMs: number; forwards: number }
   | { type: 'ppl-progress'; done: number; total: number }
@@ -100,9 +109,10 @@ async function generate(prompt: string, sampling: SamplingOptions, maxTokens: nu
   stopRequested = false;
   try {
     const t0 = performance.now();
-    const s = JSON.parse(gen.start(prompt, JSON.stringify(sampling), maxTokens));
+    const s = JSON.parse(await gen.start(prompt, JSON.stringify(sampling), maxTokens));
     const prefillMs = performance.now() - t0;
-    ctx.postMessage({ type: 'started', promptTokens: s.prompt_tokens, ids: s.ids, pieces: s.pieces, prefillMs, experts: s.experts });
+    const backend = (r: Backend): Backend => ({ backend: r.backend, adapter: r.adapter, cpu_reason: r.cpu_reason });
+    ctx.postMessage({ type: 'started', promptTokens: s.prompt_tokens, ids: s.ids, pieces: s.pieces, prefillMs, experts: s.experts, backend: backend(s) });
     let generated = 0;
     let decodeMs = 0;
     let reason = 'stopped';
@@ -111,11 +121,11 @@ async function generate(prompt: string, sampling: SamplingOptions, maxTokens: nu
       await yieldToQueue();
       if (stopRequested) break;
       const t = performance.now();
-      const r = JSON.parse(gen.step());
+      const r = JSON.parse(await gen.step());
       decodeMs += performance.now() - t;
       if (r.token !== null && !(r.done && r.reason === 'end of sequence')) {
         generated = r.generated;
-        ctx.postMessage({ type: 'token', text: r.text, token: r.token, generated, experts: r.experts, elapsedMs: decodeMs });
+        ctx.postMessage({ type: 'token', text: r.text, token: r.token, generated, experts: r.experts, elapsedMs: decodeMs, backend: backend(r), fallback: r.fallback ?? null });
       } else if (r.token !== null) generated = r.generated;
       if (r.done) {
         reason = r.reason;
@@ -148,6 +158,8 @@ ctx.addEventListener('message', async (e) => {
       gen = null;
       const src = msg.source;
       gen = src.kind === 'gguf' ? Generator.from_gguf(src.file, msg.quantize) : Generator.from_hf(src.name, src.files, msg.quantize);
+      if (msg.backend === 'auto') await gen.use_gpu(0);
+      else gen.use_cpu('CPU chosen in the page');
       ctx.postMessage({ type: 'loaded', info: JSON.parse(gen.info()), ms: performance.now() - t0 });
     } catch (err) {
       fail(err, 'load');

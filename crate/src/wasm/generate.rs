@@ -17,6 +17,13 @@
 //!   `start(prompt)`: ids (T,) → forward → logits (T, vocab), the last row kept for the first sample
 //!   `step()`: sample from the kept row → token → decode piece → forward([token]) → next row (vocab,)
 //!
+//! Backends: the CPU path always works; `use_gpu()` uploads the model to WebGPU
+//! (`models::llama_gpu::GpuLlama`: our WGSL kernels, KV cache on the GPU, logits read back each
+//! step) when the browser has an adapter and the model is one the GPU path runs (MoE layers are
+//! not: the CPU keeps them). A GPU failure in the middle of a generation (device lost, an
+//! out-of-memory) moves the generation to the CPU: the tokens so far are run through the CPU
+//! model, and the step reports the switch and its reason.
+//!
 //! Every method returns `Result<_, JsError>` whose message names the file / tensor / field; nothing
 //! here panics on bad input.
 
@@ -26,6 +33,8 @@ use tokenizers::Tokenizer;
 use wasm_bindgen::prelude::*;
 
 use crate::formats::checkpoint::Checkpoint;
+use crate::gpu::GpuContext;
+use crate::models::llama_gpu::{GpuLlama, GpuLlamaOptions};
 use crate::formats::gguf::Gguf;
 use crate::formats::tokenizer::{special_tokens_from_gguf, tokenizer_from_gguf, tokenizer_from_json};
 use crate::models::config::MoeStyle;
@@ -53,6 +62,12 @@ pub struct Generator {
     /// Quantize-on-load applied, if any.
     quantized_on_load: Option<BlockFormat>,
     session: Option<Session>,
+    /// The model on WebGPU, when `use_gpu` succeeded and nothing failed since.
+    gpu: Option<GpuLlama>,
+    /// Why the model runs on the CPU (set once a GPU was asked for and could not be used or failed).
+    cpu_reason: Option<String>,
+    /// Positions the GPU KV cache holds.
+    gpu_context: usize,
 }
 
 /// A generation between `start` and its last `step`.
@@ -101,7 +116,7 @@ fn storage_name(l: &Linear) -> String {
 
 impl Generator {
     fn new(name: String, format: &'static str, model: LlamaModel, tokenizer: Tokenizer, eos: Vec<u32>, quantized_on_load: Option<BlockFormat>) -> Generator {
-        Generator { name, format, model, tokenizer, eos, quantized_on_load, session: None }
+        Generator { name, format, model, tokenizer, eos, quantized_on_load, session: None, gpu: None, cpu_reason: None, gpu_context: 0 }
     }
 
     fn moe(&self) -> bool {
@@ -115,6 +130,26 @@ impl Generator {
         } else {
             model.forward(tokens, cache).map(|l| (l, Vec::new())).map_err(|e| JsError::new(&e.to_string()))
         }
+    }
+
+    /// `{backend, adapter, reason}` as JSON values.
+    fn backend_json(&self) -> serde_json::Value {
+        match &self.gpu {
+            Some(g) => json!({ "backend": "gpu", "adapter": g.ctx().adapter_info.name, "cpu_reason": null }),
+            None => json!({ "backend": "cpu", "adapter": null, "cpu_reason": self.cpu_reason }),
+        }
+    }
+
+    /// Leave the GPU for good (its error as the reason) and rebuild the session's CPU cache from
+    /// the tokens so far; returns the CPU logits after them (vocab,).
+    fn fall_back(&mut self, reason: String) -> Result<Vec<f32>, JsError> {
+        self.gpu = None;
+        self.cpu_reason = Some(format!("WebGPU failed, continuing on the CPU: {reason}"));
+        let s = self.session.as_mut().ok_or_else(|| JsError::new("no generation in progress"))?;
+        s.cache = KvCache::new(&self.model.config);
+        let logits = self.model.forward(&s.history, &mut s.cache).map_err(|e| JsError::new(&e.to_string()))?;
+        let v = self.model.config.vocab_size;
+        Ok(logits[logits.len() - v..].to_vec())
     }
 
     fn parse_quantize(quantize: Option<String>) -> Result<Option<BlockFormat>, JsError> {
@@ -237,7 +272,9 @@ impl Generator {
             "name": self.name,
             "format": self.format,
             "family": format!("{:?}", c.family).to_lowercase(),
-            "backend": "cpu",
+            "backend": if self.gpu.is_some() { "gpu" } else { "cpu" },
+            "adapter": self.gpu.as_ref().map(|g| g.ctx().adapter_info.name.clone()),
+            "cpu_reason": self.cpu_reason,
             "params": params,
             "weight_bytes": w.weight_bytes(),
             "quantization": quantization,
@@ -262,61 +299,115 @@ impl Generator {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Move the model to WebGPU if this browser can run it there: opens the default adapter
+    /// (`navigator.gpu`, also in a worker), uploads the weights once and allocates a KV cache of
+    /// `max_context` positions (0: min(model context, 2048)). On any failure the model stays on
+    /// the CPU and the reason is kept. Returns JSON `{backend: "gpu"|"cpu", adapter, cpu_reason}`.
+    pub async fn use_gpu(&mut self, max_context: u32) -> String {
+        if self.gpu.is_none() {
+            let max_context = if max_context == 0 { self.model.config.max_position_embeddings.min(2048) } else { max_context as usize };
+            match GpuContext::new_default().await {
+                Err(e) => self.cpu_reason = Some(format!("no WebGPU device: {e}")),
+                Ok(ctx) => match GpuLlama::new(ctx, &self.model, GpuLlamaOptions { max_context, ..Default::default() }) {
+                    Ok(g) => {
+                        self.gpu = Some(g);
+                        self.gpu_context = max_context;
+                        self.cpu_reason = None;
+                    }
+                    Err(e) => self.cpu_reason = Some(format!("this model does not run on WebGPU here: {e}")),
+                },
+            }
+        }
+        self.backend_json().to_string()
+    }
+
+    /// Run on the CPU from now on (`reason` is shown to the user); the GPU copy is dropped.
+    pub fn use_cpu(&mut self, reason: String) {
+        self.gpu = None;
+        self.cpu_reason = Some(reason);
+    }
+
     /// Begin a generation: tokenize `prompt`, check the sampling options (`sampling_json`: the
     /// fields of `sample::SamplingParams`, e.g. `{"temperature":0}` for greedy; unknown fields are
-    /// an error), run the prompt through the model (prefill) and keep the last logits. Returns JSON
-    /// `{prompt_tokens, experts}` (`experts[t]`: the experts prompt token t used per layer, MoE
-    /// models only, else null). Any generation in progress is dropped.
-    pub fn start(&mut self, prompt: &str, sampling_json: &str, max_tokens: u32) -> Result<String, JsError> {
+    /// an error), run the prompt through the model (prefill, on the GPU when `use_gpu` succeeded)
+    /// and keep the last logits. Returns JSON `{prompt_tokens, ids, pieces, experts, backend,
+    /// adapter, cpu_reason}` (`experts[t]`: the experts prompt token t used per layer, MoE models only,
+    /// else null). Any generation in progress is dropped.
+    pub async fn start(&mut self, prompt: String, sampling_json: String, max_tokens: u32) -> Result<String, JsError> {
         self.session = None;
-        let params: SamplingParams = serde_json::from_str(sampling_json).map_err(|e| err("sampling options", e))?;
+        let params: SamplingParams = serde_json::from_str(&sampling_json).map_err(|e| err("sampling options", e))?;
         let sampler = Sampler::new(params).map_err(|e| err("sampling options", e))?;
-        let prompt_ids = self.tokenize(prompt)?;
+        let prompt_ids = self.tokenize(&prompt)?;
         if prompt_ids.is_empty() {
             return Err(JsError::new("the prompt is empty (it tokenizes to no tokens): type a prompt"));
         }
-        let ctx = self.model.config.max_position_embeddings;
+        let mut ctx = self.model.config.max_position_embeddings;
+        if self.gpu.is_some() {
+            ctx = ctx.min(self.gpu_context);
+        }
         if prompt_ids.len() >= ctx {
-            return Err(JsError::new(&format!("{}: the prompt has {} tokens, the model's context is {ctx}: shorten the prompt", self.name, prompt_ids.len())));
+            return Err(JsError::new(&format!("{}: the prompt has {} tokens, the model's context here is {ctx}: shorten the prompt", self.name, prompt_ids.len())));
         }
         let max_tokens = (max_tokens as usize).min(ctx - prompt_ids.len());
-        let mut cache = KvCache::new(&self.model.config);
-        let moe = self.moe();
-        let (logits, trace) = Generator::forward(&self.model, &prompt_ids, &mut cache, moe)?;
-        let v = self.model.config.vocab_size;
         let t = prompt_ids.len();
-        let next_logits = logits[(t - 1) * v..t * v].to_vec();
-        let experts = if moe { json!((0..t).map(|i| trace_json(&trace, i, true)).collect::<Vec<_>>()) } else { serde_json::Value::Null };
-        let prompt_tokens = prompt_ids.clone();
+        let v = self.model.config.vocab_size;
+        let moe = self.moe();
         self.session = Some(Session {
-            cache,
+            cache: KvCache::new(&self.model.config),
             sampler,
-            history: prompt_ids,
+            history: prompt_ids.clone(),
             prompt_len: t,
             generated: 0,
             max_tokens,
-            next_logits,
+            next_logits: Vec::new(),
             done: if max_tokens == 0 { Some("max tokens") } else { None },
             dec_ids: Vec::new(),
             dec_prefix: String::new(),
             dec_prefix_index: 0,
         });
-        let pieces: Vec<String> = prompt_tokens.iter().map(|&id| self.tokenizer.id_to_token(id).unwrap_or_default()).collect();
-        Ok(json!({ "prompt_tokens": t, "ids": prompt_tokens, "pieces": pieces, "experts": experts }).to_string())
+        let mut experts = serde_json::Value::Null;
+        let gpu_logits = match self.gpu.as_mut() {
+            Some(g) => {
+                g.reset();
+                Some(g.forward_last(&prompt_ids).await.map_err(|e| e.to_string()))
+            }
+            None => None,
+        };
+        let next_logits = match gpu_logits {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => self.fall_back(e)?,
+            None => {
+                let s = self.session.as_mut().expect("session set above");
+                let (logits, trace) = Generator::forward(&self.model, &prompt_ids, &mut s.cache, moe)?;
+                if moe {
+                    experts = json!((0..t).map(|i| trace_json(&trace, i, true)).collect::<Vec<_>>());
+                }
+                logits[(t - 1) * v..t * v].to_vec()
+            }
+        };
+        self.session.as_mut().expect("session set above").next_logits = next_logits;
+        let pieces: Vec<String> = prompt_ids.iter().map(|&id| self.tokenizer.id_to_token(id).unwrap_or_default()).collect();
+        let mut out = json!({ "prompt_tokens": t, "ids": prompt_ids, "pieces": pieces, "experts": experts });
+        if let (Some(o), serde_json::Value::Object(b)) = (out.as_object_mut(), self.backend_json()) {
+            o.extend(b);
+        }
+        Ok(out.to_string())
     }
 
-    /// The next token: JSON `{text, token, done, reason, generated, experts}`. `text` is the newly
-    /// complete text (may be empty while a multi-byte character is incomplete, or for special
-    /// tokens); `token` is the id drawn (null once done); `reason` is `"end of sequence"` or
-    /// `"max tokens"` when `done`; `experts` lists the experts the token used per layer (MoE only).
-    /// Call `start` first.
-    pub fn step(&mut self) -> Result<String, JsError> {
+    /// The next token: JSON `{text, token, done, reason, generated, experts, backend, adapter,
+    /// cpu_reason, fallback}`. `text` is the newly complete text (may be empty while a multi-byte character is
+    /// incomplete, or for special tokens); `token` is the id drawn (null once done); `reason` is
+    /// `"end of sequence"` or `"max tokens"` when `done`; `experts` lists the experts the token
+    /// used per layer (MoE only); `fallback` is the reason when this step left the GPU for the
+    /// CPU. Call `start` first.
+    pub async fn step(&mut self) -> Result<String, JsError> {
         let moe = self.moe();
+        let name = self.name.clone();
         let s = self.session.as_mut().ok_or_else(|| JsError::new("step() before start(): start a generation first"))?;
         if let Some(reason) = s.done {
             return Ok(json!({ "text": "", "token": null, "done": true, "reason": reason, "generated": s.generated, "experts": null }).to_string());
         }
-        let next = s.sampler.sample(&mut s.next_logits, &s.history).map_err(|e| err(&self.name, e))?;
+        let next = s.sampler.sample(&mut s.next_logits, &s.history).map_err(|e| err(&name, e))?;
         s.generated += 1;
         s.history.push(next);
         if self.eos.contains(&next) {
@@ -325,23 +416,37 @@ impl Generator {
         }
         // UTF-8-safe: text only once the bytes so far form whole characters (special tokens skipped).
         let text = tokenizers::tokenizer::step_decode_stream(&self.tokenizer, vec![next], true, &mut s.dec_ids, &mut s.dec_prefix, &mut s.dec_prefix_index)
-            .map_err(|e| err(&format!("{}: decoding token {next}", self.name), e))?
+            .map_err(|e| err(&format!("{name}: decoding token {next}"), e))?
             .unwrap_or_default();
         let mut experts = serde_json::Value::Null;
+        let mut fallback = serde_json::Value::Null;
         if s.generated >= s.max_tokens {
             s.done = Some("max tokens");
-            if moe {
+            if moe && self.gpu.is_none() {
                 // The token was drawn but not yet run: run it for its experts (heat map).
                 let (_, trace) = Generator::forward(&self.model, &[next], &mut s.cache, true)?;
                 experts = trace_json(&trace, 0, true);
+            }
+        } else if let Some(g) = self.gpu.as_mut() {
+            match g.forward_last(&[next]).await {
+                Ok(l) => s.next_logits = l,
+                Err(e) => {
+                    let l = self.fall_back(e.to_string())?;
+                    fallback = json!(self.cpu_reason);
+                    self.session.as_mut().expect("session").next_logits = l;
+                }
             }
         } else {
             let (logits, trace) = Generator::forward(&self.model, &[next], &mut s.cache, moe)?;
             s.next_logits = logits;
             experts = trace_json(&trace, 0, moe);
         }
-        let reason = s.done;
-        Ok(json!({ "text": text, "token": next, "done": reason.is_some(), "reason": reason, "generated": s.generated, "experts": experts }).to_string())
+        let s = self.session.as_ref().expect("session");
+        let mut out = json!({ "text": text, "token": next, "done": s.done.is_some(), "reason": s.done, "generated": s.generated, "experts": experts, "fallback": fallback });
+        if let (Some(o), serde_json::Value::Object(b)) = (out.as_object_mut(), self.backend_json()) {
+            o.extend(b);
+        }
+        Ok(out.to_string())
     }
 
     /// Tokens in the current generation (prompt + generated).
