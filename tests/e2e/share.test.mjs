@@ -185,10 +185,12 @@ describe('Share by URL', () => {
     const baseNeed = b.page.locator('.link-need[data-model="models/base"]');
     await baseNeed.locator('.need-status.error').waitFor({ timeout: 10_000 });
     assert.match(await baseNeed.locator('.need-status').textContent(), /The files given to models\/base's card are not the ones this link expects: model\.safetensors's sha256 is [0-9a-f]{12}…[0-9a-f]{4}, the link's is/);
-    // The right files, under other names: accepted by their sha256.
+    // The right files: models/base as its whole folder (tokenizer files and all: only the expected
+    // files are taken), models/ft_a file by file. Accepted by their sha256.
     for (const m of ['models/base', 'models/ft_a']) {
       const n = b.page.locator(`.link-need[data-model="${m}"]`);
-      await n.locator('input.link-files-input').setInputFiles([join(FIX, m, 'model.safetensors'), join(FIX, m, 'config.json')]);
+      if (m === 'models/base') await n.locator('input.link-dir-input').setInputFiles(join(FIX, m));
+      else await n.locator('input.link-files-input').setInputFiles([join(FIX, m, 'model.safetensors'), join(FIX, m, 'config.json')]);
       await n.locator('.need-status.ok').waitFor();
       assert.match(await n.locator('.need-status').textContent(), /All 2 files match/);
       assert.equal(await b.page.locator(`.model-card[data-model="${m}"] .file-list li`).count(), 2);

@@ -418,8 +418,15 @@ function renderLocalNeed(src: Extract<Source, { kind: 'local' }>): HTMLElement {
   }
   box.append(ul);
   const input = el('input', { type: 'file', multiple: '', class: 'link-files-input', 'aria-label': `files for ${src.name}` });
-  const label = el('label', { class: 'button secondary' }, 'Choose the files…');
-  label.append(input);
+  const fileLabel = el('label', { class: 'button secondary' }, 'Choose the files…');
+  fileLabel.append(input);
+  // Or the whole model folder: its files are matched by size and sha256 the same way.
+  const dirInput = el('input', { type: 'file', multiple: '', class: 'link-dir-input', 'aria-label': `folder for ${src.name}` });
+  dirInput.webkitdirectory = true;
+  const dirLabel = el('label', { class: 'button secondary' }, 'Choose the folder…');
+  dirLabel.append(dirInput);
+  const label = el('div', { class: 'pickers' });
+  label.append(fileLabel, dirLabel);
   const status = el('p', { class: 'need-status', role: 'status' });
   box.append(label, status);
   const say = (kind: 'ok' | 'error' | 'info', lines: string[]) => {
@@ -453,18 +460,20 @@ function renderLocalNeed(src: Extract<Source, { kind: 'local' }>): HTMLElement {
       pending.delete(src.name);
       cardCheckers.delete(src.name);
       box.classList.add('done');
-      label.hidden = true;
+      label.style.display = 'none';
       say('ok', [`All ${src.files.length} files match: ${src.name} is ready.`]);
     }
   });
-  input.addEventListener('change', async () => {
-    const picked = Array.from(input.files ?? []);
-    input.value = '';
+  const onPick = async (from: HTMLInputElement) => {
+    let picked = Array.from(from.files ?? []);
+    from.value = '';
+    // A folder: only files of an expected size are candidates (the rest is not read at all).
+    if (from === dirInput) picked = picked.filter((f) => src.files.some((e) => e.size === f.size && !matched.has(e.path)));
     const errors: string[] = [];
     for (const file of picked) {
       const open = src.files.filter((f) => !matched.has(f.path) && f.size === file.size);
       if (!open.length) {
-        errors.push(`${file.name} (${formatBytes(file.size)}) is not a file this link expects: no expected file has that size.`);
+        if (from !== dirInput) errors.push(`${file.name} (${formatBytes(file.size)}) is not a file this link expects: no expected file has that size.`);
         continue;
       }
       let sha: string;
@@ -489,13 +498,15 @@ function renderLocalNeed(src: Extract<Source, { kind: 'local' }>): HTMLElement {
       cardCheckers.delete(src.name);
       host.setFiles(src.name, new Map(matched));
       box.classList.add('done');
-      label.hidden = true;
+      label.style.display = 'none';
       say('ok', [...errors, `All ${src.files.length} files match: ${src.name} is ready.`]);
       scheduleShareUpdate();
     } else {
       say(errors.length ? 'error' : 'info', [...errors, `Still needed: ${left.map((f) => f.path).join(', ')}.`]);
     }
-  });
+  };
+  input.addEventListener('change', () => void onPick(input));
+  dirInput.addEventListener('change', () => void onPick(dirInput));
   return box;
 }
 
