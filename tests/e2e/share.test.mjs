@@ -357,6 +357,7 @@ describe('Share by URL', () => {
     await a.page.fill('#gen-prompt', 'Once upon a <i>time</i>');
     await a.page.fill('#gen-max-tokens', '12');
     await a.page.selectOption('#gen-quantize', 'q4_0');
+    await a.page.selectOption('#gen-backend', 'cpu');
     const link = await currentLink(a.page);
     await a.context.close();
     const b = await newPage(link);
@@ -365,6 +366,7 @@ describe('Share by URL', () => {
     assert.equal(await b.page.inputValue('#gen-prompt'), 'Once upon a <i>time</i>');
     assert.equal(await b.page.inputValue('#gen-max-tokens'), '12');
     assert.equal(await b.page.inputValue('#gen-quantize'), 'q4_0');
+    assert.equal(await b.page.inputValue('#gen-backend'), 'cpu');
     assert.equal(await b.page.locator('i').count(), 0);
     // The Merge tab's recipe came along.
     assert.equal(await b.page.locator('.model-card').count(), 3);

@@ -159,6 +159,7 @@ describe('share schema: round trip', () => {
       maxTokens: 64,
       sampling: { temperature: 0.7, top_k: 40, top_p: 0.9, min_p: 0.05, repetition_penalty: 1.1, presence_penalty: 0, frequency_penalty: 0, no_repeat_ngram_size: 3, seed: 7 },
       quantize: 'q8_0',
+      backend: 'cpu',
       pplText: 'Some text.',
       models: [{ kind: 'local-gguf', name: 'smol.gguf', size: 12345 }, { kind: 'bundled', name: 'tiny Mixtral' }],
     };
@@ -281,6 +282,7 @@ describe('share schema: what a link may not be', () => {
       [{ ...g(), maxTokens: 0 }, 'generate.maxTokens', /0 is out of range \(a whole number 1 … 4096\)/],
       [{ ...g(), maxTokens: 2.5 }, 'generate.maxTokens', /out of range/],
       [{ ...g(), quantize: 'q2_k' }, 'generate.quantize', /unknown quantization "q2_k"/],
+      [{ ...g(), backend: 'tpu' }, 'generate.backend', /expected "auto" or "cpu", got "tpu"/],
       [{ ...g(), greedy: 'yes' }, 'generate.greedy', /expected true or false/],
       [{ ...g(), sampling: { ...g().sampling, temperature: 'hot' } }, 'generate.sampling.temperature', /expected a number, got "hot"/],
       [{ ...g(), sampling: { ...g().sampling, mirostat: 1 } }, 'generate.sampling', /unknown field "mirostat"/],

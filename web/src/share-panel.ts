@@ -182,9 +182,14 @@ function generateShare(): { value?: GenerateShare; note: string } {
   }
 }
 
-function setShareStatus(kind: '' | 'ok' | 'error' | 'info', text: string) {
+/** Until then, the routine "the address bar holds…" line does not cover the answer to a click (copy). */
+let actionUntil = 0;
+
+function setShareStatus(kind: '' | 'ok' | 'error' | 'info', text: string, routine = false) {
   const s = $('share-status');
   if (!s) return;
+  if (routine && kind !== 'error' && Date.now() < actionUntil) return;
+  if (!routine) actionUntil = Date.now() + 10_000;
   s.className = `share-status ${kind}`.trim();
   s.textContent = text;
 }
@@ -203,17 +208,17 @@ async function updateUrl() {
   let res;
   try {
     res = await collect(false, (file, done, total) => {
-      if (gen === generation && done < total) setShareStatus('info', `Computing the sha256 of ${file} for the link: ${formatBytes(done)} of ${formatBytes(total)}…`);
+      if (gen === generation && done < total) setShareStatus('info', `Computing the sha256 of ${file} for the link: ${formatBytes(done)} of ${formatBytes(total)}…`, true);
     });
   } catch (e) {
-    if (gen === generation) setShareStatus('error', `Could not read a file for the link: ${e instanceof Error ? e.message : String(e)}`);
+    if (gen === generation) setShareStatus('error', `Could not read a file for the link: ${e instanceof Error ? e.message : String(e)}`, true);
     return;
   }
   if (gen !== generation) return;
   const enc = await encodeFragment(res.state);
   if (gen !== generation) return;
   if (!enc.ok) {
-    setShareStatus('error', enc.message);
+    setShareStatus('error', enc.message, true);
     return;
   }
   const linkBox = $<HTMLInputElement>('share-link');
@@ -224,6 +229,7 @@ async function updateUrl() {
     res.unhashed.length
       ? `The link leaves out ${res.unhashed.join(', ')}: their files are large; press Copy link to compute their sha256.`
       : `The address bar holds this recipe (${enc.fragment.length} characters).${res.generateNote}`,
+    true,
   );
 }
 
@@ -662,7 +668,9 @@ export async function initShare(h: ShareHost) {
   document.addEventListener('input', userChange, true);
   document.addEventListener('change', userChange, true);
   document.addEventListener('click', (e) => {
-    if ((e.target as HTMLElement | null)?.closest('button')) userChange(e);
+    const b = (e.target as HTMLElement | null)?.closest('button');
+    // The Share panel's own buttons change nothing in the state.
+    if (b && !['copy-link-btn', 'copy-yaml-btn', 'copy-cancel-btn'].includes(b.id)) userChange(e);
   }, true);
   const obs = new MutationObserver(() => scheduleShareUpdate());
   for (const id of ['model-list', 'recipe-status']) {

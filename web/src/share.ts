@@ -86,6 +86,8 @@ export interface GenerateShare {
   maxTokens: number;
   sampling: Record<(typeof SAMPLING_KEYS)[number], number>;
   quantize: (typeof QUANTIZE)[number];
+  /** Where the models run: WebGPU when there is an adapter ('auto') or the CPU. */
+  backend?: 'auto' | 'cpu';
   pplText: string;
   models: ({ kind: 'local-gguf' | 'local-folder'; name: string; size: number } | { kind: 'merge' | 'bundled'; name: string })[];
 }
@@ -376,7 +378,8 @@ function num(v: unknown, field: string, min: number, max: number, integer = fals
 /** The Generate tab's part of a link. */
 export function checkGenerate(v: unknown, field = 'generate'): GenerateShare {
   const o = obj(v, field);
-  onlyKeys(o, ['prompt', 'greedy', 'maxTokens', 'sampling', 'quantize', 'pplText', 'models'], field);
+  onlyKeys(o, ['prompt', 'greedy', 'maxTokens', 'sampling', 'quantize', 'backend', 'pplText', 'models'], field);
+  if (o.backend !== undefined && o.backend !== 'auto' && o.backend !== 'cpu') fail(`${field}.backend`, `expected "auto" or "cpu", got ${show(o.backend)}`);
   if (typeof o.greedy !== 'boolean') fail(`${field}.greedy`, `expected true or false, got ${show(o.greedy)}`);
   const q = str(o.quantize, `${field}.quantize`, 16);
   if (!(QUANTIZE as readonly string[]).includes(q)) fail(`${field}.quantize`, `unknown quantization ${show(q)} (known: none, q8_0, q4_0)`);
@@ -398,7 +401,7 @@ export function checkGenerate(v: unknown, field = 'generate'): GenerateShare {
     if (e.size !== undefined) fail(`${f}.size`, `a ${kind} model has no size`);
     return { kind: kind as 'merge' | 'bundled', name };
   });
-  return {
+  const out: GenerateShare = {
     prompt: str(o.prompt, `${field}.prompt`, 8192),
     greedy: o.greedy as boolean,
     maxTokens: num(o.maxTokens, `${field}.maxTokens`, 1, 4096, true),
@@ -407,6 +410,8 @@ export function checkGenerate(v: unknown, field = 'generate'): GenerateShare {
     pplText: str(o.pplText, `${field}.pplText`, 16384),
     models,
   };
+  if (o.backend !== undefined) out.backend = o.backend as 'auto' | 'cpu';
+  return out;
 }
 
 /** The state a tab may share: checked as strictly as a link (a link we write must open). */
