@@ -290,7 +290,8 @@ describe('Share by URL', () => {
     page.on('pageerror', (e) => errors.push(String(e)));
     await page.goto(server.url + frag);
     await page.waitForSelector('.link-need[data-model="smol"]');
-    assert.match(await page.textContent('.link-need[data-model="smol"]'), /from the Hugging Face Hub, HuggingFaceTB\/SmolLM2-135M@main\. Nothing is fetched until you ask/);
+    assert.match(await page.textContent('.link-need[data-model="smol"]'), /from the Hugging Face Hub, HuggingFaceTB\/SmolLM2-135M@main\. Nothing is fetched until you ask: .* from https:\/\/huggingface\.co;/);
+    assert.equal(await page.locator('.link-need[data-model="smol"] .note.bad').count(), 0);
     assert.match(await page.textContent('#link-message'), /Needed before merging: smol \(from the hub\)/);
     await page.waitForTimeout(1500);
     assert.deepEqual(foreign, [], 'no request left the page before a click');
@@ -322,6 +323,9 @@ describe('Share by URL', () => {
       const body = { m: [{ n: 'models/base', h: 'models/base', r: 'main' }, { n: 'models/ft_a', h: 'models/ft_a', r: 'main' }], r: recipe };
       const b = await newPage(`${server.url}?hub=${encodeURIComponent(hub.url)}${fragmentOf(body)}`);
       await b.page.waitForSelector('.link-need[data-model="models/ft_a"] .hub-fetch-btn');
+      // The hub URL came with the link's address: shown, with a warning.
+      assert.equal(await b.page.textContent('.link-need[data-model="models/ft_a"] .hub-base-shown'), hub.url);
+      assert.match(await b.page.textContent('.link-need[data-model="models/ft_a"] .note.bad'), /comes from the address of the link/);
       await b.page.waitForTimeout(1000);
       assert.deepEqual(hub.log, [], 'no request to the hub before a click');
       for (const m of ['models/base', 'models/ft_a']) {

@@ -516,6 +516,11 @@ function renderLocalNeed(src: Extract<Source, { kind: 'local' }>): HTMLElement {
   return box;
 }
 
+/** The hub URL the page reads from now (main.ts keeps it in the hub settings field). */
+function hubBaseNow(): string {
+  return $<HTMLInputElement>('hub-base')?.value || 'https://huggingface.co';
+}
+
 function renderHubNeed(src: Extract<Source, { kind: 'hub' }>): HTMLElement {
   const box = el('div', { class: 'link-need' });
   box.dataset.model = src.name;
@@ -524,9 +529,13 @@ function renderHubNeed(src: Extract<Source, { kind: 'hub' }>): HTMLElement {
     el('strong', {}, src.name),
     document.createTextNode(': from the Hugging Face Hub, '),
     el('code', {}, `${src.repo}@${src.revision}`),
-    document.createTextNode('. Nothing is fetched until you ask: reading it fetches config.json and the safetensors headers only (the plan: tensors, parameters, bytes); the weights download on Merge.'),
+    document.createTextNode('. Nothing is fetched until you ask: reading it fetches config.json and the safetensors headers only (the plan: tensors, parameters, bytes) from '),
+    el('code', { class: 'hub-base-shown' }, hubBaseNow()),
+    document.createTextNode('; the weights download on Merge.'),
   );
   box.append(head);
+  if (new URLSearchParams(location.search).has('hub'))
+    box.append(el('p', { class: 'note bad' }, 'This hub URL comes from the address of the link (?hub=…), not from your settings: read only if you trust it.'));
   const status = el('p', { class: 'need-status', role: 'status' });
   if (!host.addHubModel) {
     status.textContent = 'This build of the page cannot read hub models: add the model\'s files by hand in its card.';
@@ -537,7 +546,7 @@ function renderHubNeed(src: Extract<Source, { kind: 'hub' }>): HTMLElement {
   btn.addEventListener('click', async () => {
     btn.disabled = true;
     status.className = 'need-status info';
-    status.textContent = `Reading ${src.repo}@${src.revision}…`;
+    status.textContent = `Reading ${src.repo}@${src.revision} from ${hubBaseNow()}…`;
     try {
       await host.addHubModel!(src.name, src.repo, src.revision);
       pending.delete(src.name);
