@@ -116,6 +116,7 @@ describe('Share by URL', () => {
     for (const f of filesA) hashesA[f] = sha256(await download(a.page, f));
 
     const link = await currentLink(a.page);
+    assert.equal(await a.page.isHidden('#copy-cancel-btn'), true, 'Cancel shows only while hashing for Copy link');
     await a.page.click('#copy-link-btn');
     await a.page.waitForSelector('#share-status.ok');
     assert.equal(await a.page.evaluate(() => navigator.clipboard.readText()), link);

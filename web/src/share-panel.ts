@@ -262,7 +262,7 @@ async function copyLink() {
   const cancel = $<HTMLButtonElement>('copy-cancel-btn');
   try {
     if (cancel) {
-      cancel.hidden = false;
+      cancel.style.display = ''; // (button CSS overrides the hidden attribute)
       cancel.onclick = () => ac.abort(new DOMException('cancelled', 'AbortError'));
     }
     const { state } = await collect(true, (file, done, total) => setShareStatus('info', `Computing the sha256 of ${file} for the link: ${formatBytes(done)} of ${formatBytes(total)}…`), ac.signal);
@@ -282,7 +282,7 @@ async function copyLink() {
     setShareStatus(ac.signal.aborted ? 'info' : 'error', ac.signal.aborted ? 'Cancelled: the link was not copied.' : `Could not make the link: ${e instanceof Error ? e.message : String(e)}`);
   } finally {
     btn.disabled = false;
-    if (cancel) cancel.hidden = true;
+    if (cancel) cancel.style.display = 'none';
     if (copyAbort === ac) copyAbort = null;
   }
 }
@@ -641,6 +641,8 @@ async function openFragment(fragment: string) {
 export async function initShare(h: ShareHost) {
   host = h;
   renderHideBoxes();
+  const cancel = $('copy-cancel-btn');
+  if (cancel) cancel.style.display = 'none';
   $('copy-link-btn')?.addEventListener('click', () => void copyLink());
   $('copy-yaml-btn')?.addEventListener('click', () => void copyYaml());
   $('link-dismiss')?.addEventListener('click', () => {
