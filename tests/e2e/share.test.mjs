@@ -334,6 +334,7 @@ describe('Share by URL', () => {
         await need.locator('.hub-fetch-btn').click();
         await need.locator('.need-status.ok').waitFor({ timeout: 20_000 });
         assert.match(await need.locator('.need-status').textContent(), new RegExp(`${m}@main added`));
+        assert.equal(await need.locator('.hub-fetch-btn').isHidden(), true);
       }
       // Reading a hub model fetched headers only: every GET of a .safetensors file was a Range request.
       const weightGets = () => hub.log.filter((e) => e.method === 'GET' && e.url.endsWith('.safetensors'));

@@ -551,7 +551,7 @@ function renderHubNeed(src: Extract<Source, { kind: 'hub' }>): HTMLElement {
       await host.addHubModel!(src.name, src.repo, src.revision);
       pending.delete(src.name);
       box.classList.add('done');
-      btn.hidden = true;
+      btn.style.display = 'none'; // (button CSS overrides the hidden attribute)
       status.className = 'need-status ok';
       status.textContent = `${src.repo}@${src.revision} added: see its plan in the model card.`;
       scheduleShareUpdate();
