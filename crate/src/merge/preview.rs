@@ -24,7 +24,7 @@ use crate::formats::safetensors::FormatError;
 use crate::formats::sharded::{ShardedLayout, DEFAULT_SHARD_SIZE};
 use crate::merge::plan::{build_plan, ModelSummary, PlanError, TensorMeta};
 use crate::merge::recipe::{Recipe, TokenizerSource};
-use crate::merge::run::{save_order, RECIPE_FILE, TOKENIZER_FILES};
+use crate::merge::run::{save_order, CARD_FILE, RECIPE_FILE, TOKENIZER_FILES};
 
 /// One file of a model as far as it is known: its first bytes (the whole file for small JSON
 /// files, the header for a safetensors file, nothing for a file only known to exist) and its full
@@ -96,7 +96,7 @@ pub struct PlanPreview {
     pub config_donor: String,
     pub tokenizer_donor: String,
     pub models: Vec<ModelNeeds>,
-    /// Every output file: weights (shards and index), config.json, tokenizer files, the recipe.
+    /// Every output file: weights (shards and index), config.json, tokenizer files, the model card, the recipe.
     pub output_files: Vec<String>,
 }
 
@@ -232,6 +232,7 @@ pub fn preview_merge(recipe: &Recipe, models: Vec<KnownModel>, out_shard_size: O
         output_files.push("config.json".into());
     }
     output_files.extend(tok_names);
+    output_files.push(CARD_FILE.into());
     output_files.push(RECIPE_FILE.into());
 
     Ok(PlanPreview {
@@ -296,8 +297,7 @@ mod tests {
         let report = crate::merge::run::run_merge(&r, &mut open, &mut crate::formats::checkpoint::DirOutput::new(&out), &mut opts).unwrap();
         assert_eq!(p.tensors, report.tensors);
         assert_eq!(p.parameters, report.parameters);
-        // (The model card, README.md, is the engine's own text and not planned here.)
-        let mut written: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|f| f != "README.md").collect();
+        let mut written: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         written.sort();
         let mut planned = p.output_files.clone();
         planned.sort();
