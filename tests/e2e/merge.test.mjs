@@ -382,3 +382,131 @@ describe('Merge tab', () => {
     await context.close();
   });
 });
+
+/** A generic (non-Llama) f32 model: `tensors` = [[name, shape], …], pseudo-random values. */
+function writeF32Model(dir, seed, tensors) {
+  mkdirSync(dir, { recursive: true });
+  const header = { __metadata__: { format: 'pt' } };
+  let off = 0;
+  for (const [name, shape] of tensors) {
+    const bytes = shape.reduce((a, b) => a * b, 1) * 4;
+    header[name] = { dtype: 'F32', shape, data_offsets: [off, off + bytes] };
+    off += bytes;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (json.length % 8)) % 8);
+  const fd = openSync(join(dir, 'model.safetensors'), 'w');
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  writeSync(fd, len);
+  writeSync(fd, Buffer.from(json));
+  let x = seed;
+  for (const [, shape] of tensors) {
+    const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+    for (let j = 0; j < data.length; j++) {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      data[j] = (x / 4294967296 - 0.5) * 0.04;
+    }
+    writeSync(fd, Buffer.from(data.buffer));
+  }
+  closeSync(fd);
+  writeFileSync(join(dir, 'config.json'), JSON.stringify({ architectures: ['BigTestModel'], model_type: 'big_test', num_hidden_layers: 1 }));
+}
+
+/** Files of an OPFS folder of the page: name → sha256 (hex), computed in the page. */
+async function opfsHashes(page, folder) {
+  return page.evaluate(async (folder) => {
+    const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle(folder);
+    const out = {};
+    for await (const [name, h] of dir.entries()) {
+      if (h.kind !== 'file') continue;
+      const digest = await crypto.subtle.digest('SHA-256', await (await h.getFile()).arrayBuffer());
+      out[name] = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
+    }
+    return out;
+  }, folder);
+}
+
+/** Replace the page's folder picker by one returning an OPFS folder (headless Chromium shows no
+ *  picker): the merge then writes through the real File System Access path (`createWritable`). */
+async function pickOpfsFolder(page, folder) {
+  await page.evaluate(async (folder) => {
+    const root = await navigator.storage.getDirectory();
+    await root.removeEntry(folder, { recursive: true }).catch(() => undefined);
+    window.showDirectoryPicker = async () => root.getDirectoryHandle(folder, { create: true });
+  }, folder);
+  await page.selectOption('#output-select', 'directory');
+}
+
+describe('Merge output to disk', () => {
+  // One tensor above the engine's 4 Mi-element chunk: linear streams it in two chunks.
+  const WIDE = [['model.layers.0.mlp.up_proj.weight', [2304, 2048]], ['model.layers.0.input_layernorm.weight', [64]]];
+  const wideYaml = 'merge_method: linear\nmodels:\n  - model: wide_a\n    parameters: {weight: 0.3}\n  - model: wide_b\n    parameters: {weight: 0.7}\ndtype: float32\n';
+  const setupWide = () => {
+    const d = join(work, 'wide');
+    if (!existsSync(join(d, 'wide_b'))) {
+      writeF32Model(join(d, 'wide_a'), 11, WIDE);
+      writeF32Model(join(d, 'wide_b'), 12, WIDE);
+    }
+    return d;
+  };
+
+  for (const [kind, folder] of [['directory', 'picked-folder'], ['opfs', 'crucible-output']]) {
+    it(`output "${kind}": the files stream to disk (${folder}) and equal the CLI's, chunked tensor included`, async () => {
+      const d = setupWide();
+      const { page, context, errors } = await newPage();
+      await setYaml(page, wideYaml);
+      await page.waitForSelector('#recipe-status.ok');
+      for (const m of ['wide_a', 'wide_b']) await setModelFiles(page, m, modelFilePaths(join(d, m)));
+      if (kind === 'directory') await pickOpfsFolder(page, folder);
+      else await page.selectOption('#output-select', 'opfs');
+      const res = await runMerge(page);
+      assert.ok(res.ok, res.text);
+      assert.match(res.text, kind === 'directory' ? /chosen folder/ : /private storage/);
+      const cli = cliMerge(wideYaml, d, `wide-${kind}`);
+      const want = Object.fromEntries(readdirSync(cli).map((f) => [f, sha256(readFileSync(join(cli, f)))]));
+      assert.ok('README.md' in want && 'model.safetensors' in want, Object.keys(want).join());
+      assert.deepEqual(await opfsHashes(page, folder), want);
+      // The result list offers the same files (disk-backed), e.g. the card.
+      const card = await downloadResult(page, 'README.md');
+      assert.equal(sha256(card), want['README.md']);
+      assert.deepEqual(errors, []);
+      await context.close();
+    });
+  }
+
+  it('cancel mid-merge with folder output leaves nothing in the folder', async () => {
+    const d = join(work, 'slow');
+    const tensors = Array.from({ length: 24 }, (_, i) => [`model.layers.${i}.mlp.up_proj.weight`, [512, 2048]]);
+    writeF32Model(join(d, 'slow_a'), 1, tensors);
+    writeF32Model(join(d, 'slow_b'), 2, tensors);
+    const { page, context, errors } = await newPage();
+    await setYaml(page, 'merge_method: della\nbase_model: slow_a\nmodels:\n  - model: slow_b\n    parameters: {weight: 1.0, density: 0.5}\ndtype: float32\n');
+    await page.waitForSelector('#recipe-status.ok');
+    for (const m of ['slow_a', 'slow_b']) await setModelFiles(page, m, modelFilePaths(join(d, m)));
+    await pickOpfsFolder(page, 'cancel-folder');
+    await page.click('#merge-btn');
+    await page.waitForFunction(
+      () => /tensors/.test(document.querySelector('#progress-text')?.textContent ?? '') || document.querySelector('#run-status.error, #run-status.ok'),
+      null,
+      { timeout: 60_000 },
+    );
+    assert.equal(await page.getAttribute('#run-status', 'class'), 'run-status info', `the merge ended before Cancel: ${await page.textContent('#run-status')}`);
+    // Files exist while it runs (the side files are created first)...
+    const during = await page.evaluate(async () => {
+      const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('cancel-folder');
+      const names = [];
+      for await (const [n] of dir.entries()) names.push(n);
+      return names;
+    });
+    assert.ok(during.length > 0, 'the merge had created its files');
+    await page.click('#cancel-btn');
+    await page.waitForSelector('#run-status.cancelled', { timeout: 30_000 });
+    assert.match(await page.textContent('#run-status'), /cancelled.*unfinished files removed/i);
+    // ...and none once it is cancelled.
+    assert.deepEqual(await opfsHashes(page, 'cancel-folder'), {});
+    assert.equal(await page.locator('a.download').count(), 0);
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+});
