@@ -14,7 +14,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { serve } from './serve.mjs';
-import { serveHub } from './hub_server.mjs';
+import { repoCommit, serveHub } from './hub_server.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const FIX = join(ROOT, 'tests/fixtures/merge');
@@ -164,9 +164,12 @@ describe('Hub sources', () => {
       assert.equal(sha256(await downloadResult(page, f)), sha256(readFileSync(join(out, f))), `${f} differs from the CLI's`);
     }
     // Each needed file was downloaded whole exactly once, and now sits in the cache.
+    // config.json is read at `main`; every other file at the commit `main` resolved to then.
+    const at = (m, f) => `/models/${m}/resolve/${repoCommit(`models/${m}`)}/${f}`;
     const full = hub.log.filter((e) => e.method === 'GET' && e.range === null && e.status === 200).map((e) => e.url);
-    const expectUrls = [...weightFiles.map(([m, f]) => `/models/${m}/resolve/main/${f}`), '/models/base/resolve/main/tokenizer.json', '/models/base/resolve/main/tokenizer_config.json'];
-    assert.deepEqual([...full].sort(), [...expectUrls, '/models/base/resolve/main/config.json', '/models/ft_a/resolve/main/config.json', '/models/ft_b_sharded/resolve/main/config.json', '/models/ft_b_sharded/resolve/main/model.safetensors.index.json'].sort());
+    const expectUrls = [...weightFiles.map(([m, f]) => at(m, f)), at('base', 'tokenizer.json'), at('base', 'tokenizer_config.json')];
+    assert.deepEqual([...full].sort(), [...expectUrls, '/models/base/resolve/main/config.json', '/models/ft_a/resolve/main/config.json', '/models/ft_b_sharded/resolve/main/config.json', at('ft_b_sharded', 'model.safetensors.index.json')].sort());
+    assert.deepEqual(hub.log.filter((e) => e.url.includes('/resolve/main/')).map((e) => e.url.replace(/.*\//, '')), ['config.json', 'config.json', 'config.json']);
     assert.deepEqual((await cachedUrls(page)).map((u) => new URL(u).pathname).sort(), [...expectUrls].sort());
     await page.waitForFunction((n) => document.querySelector('#cache-info')?.getAttribute('data-files') === String(n), expectUrls.length);
     assert.equal(Number(await page.getAttribute('#cache-info', 'data-bytes')), fetch);
@@ -195,13 +198,13 @@ describe('Hub sources', () => {
     await page.click('#merge-btn');
     // The slow file trickles 1 KiB every 80 ms (4 s in all): cancel once some of it has arrived.
     await page.waitForFunction(() => /downloading slow\/ft_b@main: model\.safetensors · /.test(document.querySelector('#progress-text')?.textContent ?? ''), null, { timeout: 20_000 });
-    const slowGet = () => hub.log.find((e) => e.url === '/slow/ft_b/resolve/main/model.safetensors' && e.range === null);
+    const slowGet = () => hub.log.find((e) => e.url === `/slow/ft_b/resolve/${repoCommit('slow/ft_b')}/model.safetensors` && e.range === null);
     for (let i = 0; i < 100 && !(slowGet()?.sent > 4096); i++) await new Promise((r) => setTimeout(r, 50));
     await page.click('#cancel-btn');
     await page.waitForSelector('#run-status.cancelled', { timeout: 10_000 });
     const urls = (await cachedUrls(page)).map((u) => new URL(u).pathname);
     assert.ok(!urls.some((u) => u.startsWith('/slow/ft_b/')), `a cancelled download was cached: ${urls}`);
-    assert.ok(urls.includes('/models/base/resolve/main/model.safetensors'), `the complete file stays cached: ${urls}`);
+    assert.ok(urls.includes(`/models/base/resolve/${repoCommit('models/base')}/model.safetensors`), `the complete file stays cached: ${urls}`);
     const slow = slowGet();
     assert.ok(slow && slow.sent > 0 && slow.sent < size('ft_b', 'model.safetensors'), `cancelled mid-file: ${JSON.stringify(slow)}`);
     assert.equal(await page.locator('#results').isHidden(), true);

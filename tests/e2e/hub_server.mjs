@@ -4,6 +4,8 @@
 //     (416 when unsatisfiable), Accept-Ranges, Content-Length;
 //   - CORS: `Access-Control-Allow-Origin: *`, preflight (OPTIONS) allowing the Range header, and
 //     Content-Range / Content-Length / X-Error-Code exposed to the page;
+//   - `X-Repo-Commit` on every file answer: the commit `main` resolves to (a fixed hash per repo,
+//     `repoCommit(repo)`); that hash is accepted as a revision too;
 //   - errors as the Hub sends them: 401 + `X-Error-Code: RepoNotFound` for an unknown repo,
 //     404 + RevisionNotFound for an unknown revision, 404 + EntryNotFound for a missing file.
 // Reference: huggingface_hub `file_download.py` (`hf_hub_url`, the resolve endpoint, HEAD for
@@ -12,13 +14,17 @@
 // Knobs for tests: `noRange` (repos whose server ignores Range and answers 200), `slow` (repos
 // whose GETs without Range trickle out `chunk` bytes every `delayMs`), and `log` (every request:
 // method, url, range, status, bytes of body sent).
+import { createHash } from 'node:crypto';
 import { createServer } from 'node:http';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
+/** The commit `main` of `repo` resolves to on this server (40 hex digits, fixed per repo id). */
+export const repoCommit = (repo) => createHash('sha1').update(`crucible-test-hub:${repo}`).digest('hex');
+
 /**
  * `repos`: repo id (`owner/name`) → a folder (every file in it) or an object file name → Buffer.
- * Only revision `main` exists. Resolves to { url, close(), log, opts }.
+ * Revisions: `main` and its commit. Resolves to { url, close(), log, opts }.
  */
 export function serveHub(repos, opts = {}) {
   const files = new Map();
@@ -34,7 +40,7 @@ export function serveHub(repos, opts = {}) {
   const log = [];
   const cors = {
     'access-control-allow-origin': '*',
-    'access-control-expose-headers': 'Content-Range, Content-Length, Accept-Ranges, X-Error-Code, X-Error-Message, ETag',
+    'access-control-expose-headers': 'Content-Range, Content-Length, Accept-Ranges, X-Error-Code, X-Error-Message, X-Repo-Commit, ETag',
   };
   const server = createServer((req, res) => {
     const entry = { method: req.method, url: req.url, range: req.headers.range ?? null, status: 0, sent: 0 };
@@ -59,11 +65,12 @@ export function serveHub(repos, opts = {}) {
     const [, repo, revision, file] = m;
     const repoFiles = files.get(repo);
     if (!repoFiles) return end(401, { 'x-error-code': 'RepoNotFound', 'content-type': 'text/plain' }, 'Repository Not Found');
-    if (revision !== 'main') return end(404, { 'x-error-code': 'RevisionNotFound', 'content-type': 'text/plain' }, 'Revision Not Found');
+    if (revision !== 'main' && revision !== repoCommit(repo)) return end(404, { 'x-error-code': 'RevisionNotFound', 'content-type': 'text/plain' }, 'Revision Not Found');
     const body = repoFiles.get(file);
     if (!body) return end(404, { 'x-error-code': 'EntryNotFound', 'content-type': 'text/plain' }, 'Entry not found');
     const size = body.length;
     const head = req.method === 'HEAD';
+    res.setHeader('x-repo-commit', repoCommit(repo));
     const range = req.headers.range;
     if (range && !(opts.noRange ?? []).includes(repo)) {
       const r = /^bytes=(\d+)-(\d*)$/.exec(range.trim());

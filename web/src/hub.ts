@@ -36,9 +36,19 @@ export interface HubFile {
 
 export interface HubModel {
   repo: string;
+  /** As the user gave it (a branch, a tag or a commit). */
   revision: string;
+  /** The commit the hub resolved `revision` to (its `X-Repo-Commit` header), when it says: every
+   * file after config.json is read at that commit, so a branch that moves meanwhile cannot mix two
+   * versions, and cache entries (keyed by URL) never go stale. */
+  commit: string | null;
   base: string;
   files: HubFile[];
+}
+
+/** The URL of `file` at the model's pinned commit (else its revision). */
+export function fileUrl(m: HubModel, file: string): string {
+  return resolveUrl(m.base, m.repo, m.commit ?? m.revision, file);
 }
 
 export class HubError extends Error {}
@@ -108,17 +118,18 @@ async function get(url: string, init: RequestInit, repo: string, revision: strin
   }
 }
 
-async function fetchWhole(m: HubModel, file: string, signal?: AbortSignal): Promise<Uint8Array | null> {
-  const url = resolveUrl(m.base, m.repo, m.revision, file);
+async function fetchWhole(m: HubModel, file: string, signal?: AbortSignal): Promise<{ bytes: Uint8Array; commit: string | null } | null> {
+  const url = fileUrl(m, file);
   const res = await get(url, { signal }, m.repo, m.revision, file);
   if (res.status === 404 && (res.headers.get('x-error-code') ?? 'EntryNotFound') === 'EntryNotFound') return null;
   if (!res.ok) throw new HubError(statusMessage(res, m.repo, m.revision, file));
-  return new Uint8Array(await res.arrayBuffer());
+  const commit = res.headers.get('x-repo-commit');
+  return { bytes: new Uint8Array(await res.arrayBuffer()), commit: commit && /^[0-9a-f]{40}$/.test(commit) ? commit : null };
 }
 
 /** Bytes [start, end] (inclusive) of a file; the full size from Content-Range. */
 async function fetchRange(m: HubModel, file: string, start: number, end: number, signal?: AbortSignal): Promise<{ bytes: Uint8Array; total: number }> {
-  const url = resolveUrl(m.base, m.repo, m.revision, file);
+  const url = fileUrl(m, file);
   const ctl = new AbortController();
   const onAbort = () => ctl.abort();
   signal?.addEventListener('abort', onAbort);
@@ -157,7 +168,7 @@ async function readHeader(m: HubModel, file: string, signal?: AbortSignal): Prom
   const prefix = new Uint8Array(8 + n);
   prefix.set(first.bytes, 0);
   prefix.set(rest.bytes, 8);
-  return { path: file, size: first.total, url: resolveUrl(m.base, m.repo, m.revision, file), prefix };
+  return { path: file, size: first.total, url: fileUrl(m, file), prefix };
 }
 
 /** Run `f` over `items` with at most `limit` at a time, keeping the order of the results. */
@@ -181,18 +192,20 @@ async function pool<T, R>(items: T[], limit: number, f: (t: T) => Promise<R>): P
 export async function loadHubModel(base: string, repo: string, revision: string, signal?: AbortSignal): Promise<HubModel> {
   const bad = checkRepoId(repo) ?? checkRevision(revision);
   if (bad) throw new HubError(bad);
-  const m: HubModel = { repo, revision, base, files: [] };
-  const config = await fetchWhole(m, 'config.json', signal);
-  if (!config) throw new HubError(`${where(repo, revision, 'config.json')} was not found: the repo must be a transformers checkpoint with a config.json`);
+  const m: HubModel = { repo, revision, commit: null, base, files: [] };
+  const got = await fetchWhole(m, 'config.json', signal);
+  if (!got) throw new HubError(`${where(repo, revision, 'config.json')} was not found: the repo must be a transformers checkpoint with a config.json`);
+  const config = got.bytes;
   try {
     JSON.parse(new TextDecoder().decode(config));
   } catch (e) {
     throw new HubError(`${where(repo, revision, 'config.json')} is not valid JSON (${String(e)})`);
   }
-  m.files.push({ path: 'config.json', size: config.length, url: resolveUrl(base, repo, revision, 'config.json'), prefix: config });
+  m.files.push({ path: 'config.json', size: config.length, url: fileUrl(m, 'config.json'), prefix: config });
+  m.commit = got.commit; // from here on, every file at that commit
 
   let weightFiles: string[];
-  const index = await fetchWhole(m, INDEX_FILE, signal);
+  const index = (await fetchWhole(m, INDEX_FILE, signal))?.bytes;
   if (index) {
     let map: Record<string, unknown>;
     try {
@@ -204,7 +217,7 @@ export async function loadHubModel(base: string, repo: string, revision: string,
     weightFiles = [...new Set(Object.values(map).map(String))];
     for (const f of weightFiles)
       if (!/^[\w.\-]+(\/[\w.\-]+)*$/.test(f) || f.split('/').includes('..')) throw new HubError(`${where(repo, revision, INDEX_FILE)} names a file ${f} that is not a plain relative path`);
-    m.files.push({ path: INDEX_FILE, size: index.length, url: resolveUrl(base, repo, revision, INDEX_FILE), prefix: index });
+    m.files.push({ path: INDEX_FILE, size: index.length, url: fileUrl(m, INDEX_FILE), prefix: index });
   } else {
     weightFiles = [SINGLE_FILE];
   }
@@ -212,7 +225,7 @@ export async function loadHubModel(base: string, repo: string, revision: string,
 
   // Tokenizer files: which exist and how big (HEAD; an absent file is not an error).
   const tok = await pool(TOKENIZER_FILES, 4, async (f): Promise<HubFile | null> => {
-    const url = resolveUrl(base, repo, revision, f);
+    const url = fileUrl(m, f);
     let res: Response;
     try {
       res = await fetch(url, { method: 'HEAD', signal, cache: 'no-store' });

@@ -361,6 +361,7 @@ function hubCardBody(name: string, h: HubEntry): HTMLElement {
   const box = el('div', { class: 'hub-source' });
   const line = el('p', { class: 'hub-line' });
   line.append(el('span', { class: 'badge hub' }, 'hub'), el('code', { class: 'hub-repo' }, `${h.repo}@${h.revision}`));
+  if (h.model?.commit) line.append(el('span', { class: 'file-note hub-commit', title: h.model.commit }, `commit ${h.model.commit.slice(0, 12)}`));
   box.append(line);
   if (h.status === 'loading') box.append(el('p', { class: 'note hub-loading' }, 'reading config.json and the safetensors headers…'));
   if (h.status === 'error') {
