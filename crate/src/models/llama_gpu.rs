@@ -26,9 +26,10 @@
 //! the activations are pooled buffers taken once per model and reused for every token.
 //!
 //! Prefill: batched (T tokens per encoder, attention over T query rows at once) when every
-//! quantized weight's row length and row count are multiples of 64 floats (so per-token
-//! `qmatvec` bindings sit on 256-byte aligned offsets) and every f32 weight fits one binding;
-//! otherwise token by token. `qmatvec` is a matrix–vector kernel, so a batched prefill still reads
+//! quantized weight's row length and row count are multiples of the device's
+//! `min_storage_buffer_offset_alignment` in floats (so per-token `qmatvec` bindings sit on aligned
+//! offsets; 256 bytes = 64 floats on most GPUs, 16 bytes on lavapipe) and every f32 weight fits
+//! one binding; otherwise token by token. `qmatvec` is a matrix–vector kernel, so a batched prefill still reads
 //! each quantized weight once per token; a quantized matrix–matrix kernel is future work.
 
 use crate::gpu::{GpuContext, GpuError, PooledBuffer};
@@ -314,7 +315,7 @@ impl GpuLlama {
 
     /// Whether prefill runs T tokens per encoder (else token by token; module docs).
     pub fn batched_prefill(&self) -> bool {
-        self.batched
+        self.batched && self.opts.max_batch > 1
     }
 
     /// Start a new sequence (the cache buffers are kept).
