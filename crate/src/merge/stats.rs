@@ -152,6 +152,9 @@ pub struct StatsCollector {
     cur: Option<Acc>,
     /// Block buffer of the task vectors: `[models, BLOCK]`.
     buf: Vec<f64>,
+    /// Block buffers of the sign flags and of merged − base: `[BLOCK]`.
+    signs: Vec<u8>,
+    mbuf: Vec<f64>,
 }
 
 /// Σ a·b in f64 with four partial sums (vectorisable; deterministic on every target).
@@ -268,6 +271,10 @@ impl MergeObserver for StatsCollector {
         if self.buf.len() < k * BLOCK {
             self.buf.resize(k * BLOCK, 0.0);
         }
+        if self.signs.len() < BLOCK {
+            self.signs.resize(BLOCK, 0);
+            self.mbuf.resize(BLOCK, 0.0);
+        }
         let buf = &mut self.buf;
         for start in (0..n).step_by(BLOCK) {
             let len = BLOCK.min(n - start);
@@ -289,25 +296,21 @@ impl MergeObserver for StatsCollector {
                 }
             }
             if k >= 2 {
-                for e in 0..len {
-                    let (mut pos, mut neg) = (false, false);
-                    for i in 0..k {
-                        let v = buf[i * BLOCK + e];
-                        pos |= v > 0.0;
-                        neg |= v < 0.0;
+                // per element: bit 0 = some Δ_i > 0, bit 1 = some Δ_i < 0 (contiguous passes)
+                let signs = &mut self.signs[..len];
+                signs.fill(0);
+                for i in 0..k {
+                    for (s, &v) in signs.iter_mut().zip(&buf[i * BLOCK..i * BLOCK + len]) {
+                        *s |= (v > 0.0) as u8 | (((v < 0.0) as u8) << 1);
                     }
-                    acc.conflicts += (pos && neg) as u64;
                 }
+                acc.conflicts += signs.iter().map(|&s| (s == 3) as u64).sum::<u64>();
             }
             if let Some(b) = base {
-                let m = &merged[start..start + len];
-                let b = &b[start..start + len];
-                let mut s = [0.0f64; 4];
-                for (e, (&m, &b)) in m.iter().zip(b).enumerate() {
-                    let d = m as f64 - b as f64;
-                    s[e & 3] += d * d;
-                }
-                acc.merged_sumsq += (s[0] + s[1]) + (s[2] + s[3]);
+                // merged − base, summed like the task vectors
+                let d = &mut self.mbuf[..len];
+                d.iter_mut().zip(&merged[start..start + len]).zip(&b[start..start + len]).for_each(|((d, &m), &b)| *d = m as f64 - b as f64);
+                acc.merged_sumsq += dot(d, d);
             }
         }
     }
