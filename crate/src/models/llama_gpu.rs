@@ -57,8 +57,9 @@ pub enum GpuModelError {
 /// Options of [`GpuLlama::new`].
 #[derive(Debug, Clone)]
 pub struct GpuLlamaOptions {
-    /// Positions the KV cache holds (capped by `max_position_embeddings` for non-scaled RoPE is
-    /// *not* applied: the CPU path has no cap either).
+    /// Positions the KV cache holds (allocated up front, per layer k and v of
+    /// max_context × n_kv_heads × head_dim f32). Not capped by `max_position_embeddings`: the CPU
+    /// path has no cap either.
     pub max_context: usize,
     /// Tokens per prefill chunk (one encoder each).
     pub max_batch: usize,
@@ -378,7 +379,8 @@ impl GpuLlama {
         let pos0 = self.cache.len();
         ctx.queue.write_buffer(&s.tokens, 0, bytemuck::cast_slice(tokens));
         // Dynamic NTK: θ from the length after this call once past max_position_embeddings (as the
-        // CPU path and transformers); otherwise the frequencies computed at load.
+        // CPU path and transformers; a prompt split into several chunks past that length gets θ
+        // per chunk, where one CPU call uses its whole length); otherwise the frequencies at load.
         if matches!(c.rope.scaling, RopeScaling::Dynamic { .. }) {
             let f = c.rope.freqs(Some(pos0 + t));
             ctx.queue.write_buffer(&self.inv_freq, 0, bytemuck::cast_slice(&f.inv_freq));
