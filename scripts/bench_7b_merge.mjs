@@ -264,7 +264,8 @@ const context = await chromium.launchPersistentContext(profile, {
 });
 let page_ = null;
 try {
-  const page = await context.newPage();
+  // the persistent context's own first tab (a second tab would add a renderer to the figures)
+  const page = context.pages()[0] ?? (await context.newPage());
   page_ = page;
   await page.goto(server.url);
   await page.waitForSelector('#engine-status[data-state="ready"]', { timeout: 60_000 });
