@@ -26,6 +26,7 @@
 use crate::formats::checkpoint::Checkpoint;
 use crate::formats::safetensors::FormatError;
 use crate::models::config::{ConfigError, LlamaConfig};
+use crate::models::cpu_matvec;
 use crate::models::moe::{ExpertTrace, Mlp, MoeBlock, SharedExpert};
 use crate::posenc::rope::{RopeFreqs, RopeLayout, RopeScaling, apply_rope};
 use crate::tensor::quant::{self, BlockFormat, QK, SplitBlocks};
@@ -155,10 +156,32 @@ impl Linear {
 
     /// x (T, in) → y (T, out). `x.len()` must be a multiple of `in_features`.
     ///
+    /// The fast path (`cpu_matvec.rs`: block scales factored out of the dot products, output rows
+    /// split across threads natively); it agrees with [`forward_reference`](Self::forward_reference)
+    /// up to f32 rounding.
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let (inp, out) = (self.in_features, self.out_features);
+        let mut y = match &self.weight {
+            WeightStorage::F32(w) => return cpu_matvec::forward_f32(w, self.bias.as_deref(), x, inp, out),
+            WeightStorage::Blocks { format, bytes } => cpu_matvec::forward_blocks(*format, bytes, x, inp, out),
+            WeightStorage::Split(s) => cpu_matvec::forward_split(s, x, inp, out),
+        };
+        if let Some(b) = &self.bias {
+            for yr in y.chunks_exact_mut(out) {
+                for (yo, bo) in yr.iter_mut().zip(b) {
+                    *yo += bo;
+                }
+            }
+        }
+        y
+    }
+
+    /// The readable reference of [`forward`](Self::forward), single-threaded.
+    ///
     /// Quantized weights: each 32-weight block of a row is dequantized once (exactly as
     /// [`quant::dequantize`], into a stack buffer) and dotted with the matching 32 inputs of all
     /// T tokens; everything is f32 (the activations are not quantized).
-    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+    pub fn forward_reference(&self, x: &[f32]) -> Vec<f32> {
         let t = x.len() / self.in_features;
         let mut y = vec![0.0f32; t * self.out_features];
         match &self.weight {
@@ -283,7 +306,7 @@ impl Linear {
 /// IEEE binary16 → f32, exact (every f16 is an f32). Written out so that the debug build of the
 /// matvec does not go through a dependency compiled at opt-level 0.
 #[inline(always)]
-fn f16_bits_to_f32(h: u16) -> f32 {
+pub(crate) fn f16_bits_to_f32(h: u16) -> f32 {
     let sign = ((h & 0x8000) as u32) << 16;
     let exp = ((h >> 10) & 0x1F) as u32;
     let man = (h & 0x3FF) as u32;

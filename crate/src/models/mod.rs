@@ -7,6 +7,7 @@
 //! - `gguf_llama.rs`: a llama-architecture GGUF file → config and (quantized) weights.
 
 pub mod config;
+mod cpu_matvec;
 pub mod gguf_llama;
 pub mod llama;
 pub mod llama_gpu;
