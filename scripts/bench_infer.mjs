@@ -17,7 +17,9 @@
 // measured here (one thread summing a 256 MiB Float64Array, and Buffer.copy for reference) —
 // one core's bandwidth, which is what a single-threaded decode can use.
 //
-// Usage: node scripts/bench_infer.mjs [--tokens N] [--skip-gpu] [--skip-native] [--skip-wasm]
+// Usage: node scripts/bench_infer.mjs [--tokens N (default 16)] [--skip-gpu] [--skip-native] [--skip-wasm]
+// (--skip-gpu leaves out both GPU rows: on a machine without a GPU they run on software
+// rasterisers — lavapipe natively, SwiftShader in Chromium — and take several minutes each.)
 // Needs: `npm run build` (dist/), `cargo build --release -p crucible --bin crucible`, and
 // .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch_models.sh).
 import { execFile } from 'node:child_process';
@@ -37,7 +39,7 @@ const opt = (name, def) => {
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1] : def;
 };
-const TOKENS = Number(opt('--tokens', '32'));
+const TOKENS = Number(opt('--tokens', '16'));
 // About 60 tokens of prompt, so that the prefill rate is not just start-up.
 const PROMPT =
   'The history of Paris begins with a small fishing village on an island in the Seine. Over two thousand years it grew into a great city of bridges, churches and markets, and today it is the capital of France. The capital of France is';
