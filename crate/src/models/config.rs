@@ -524,6 +524,33 @@ mod tests {
     }
 
     #[test]
+    fn moe_fields_defaults_and_errors() {
+        let base = |extra: &str| format!(r#"{{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":4,"num_attention_heads":4,"vocab_size":10{extra}}}"#);
+        // Mixtral: transformers' defaults (8 experts, top-2), the MLP size is the experts'
+        let c = LlamaConfig::from_json_str(&base(r#","model_type":"mixtral","sliding_window":4096"#)).unwrap();
+        let m = c.moe.unwrap();
+        assert_eq!((m.style, m.num_experts, m.top_k, m.expert_intermediate_size, m.norm_topk_prob), (MoeStyle::Mixtral, 8, 2, 128, true));
+        assert_eq!((c.family, c.layer_windows[3]), (Family::Mistral, Some(4096)));
+        // Qwen2-MoE: every 2nd layer sparse, minus mlp_only_layers; qkv_bias is a field
+        let c = LlamaConfig::from_json_str(&base(
+            r#","model_type":"qwen2_moe","num_experts":6,"num_experts_per_tok":2,"moe_intermediate_size":32,"shared_expert_intermediate_size":96,"decoder_sparse_step":2,"mlp_only_layers":[3],"qkv_bias":false"#,
+        ))
+        .unwrap();
+        let m = c.moe.unwrap();
+        assert_eq!(m.sparse_layers, vec![false, true, false, false]);
+        assert_eq!((m.shared_expert_intermediate_size, m.norm_topk_prob, c.qkv_bias), (Some(96), false, false));
+        for (extra, field) in [
+            (r#","model_type":"mixtral","num_local_experts":2,"num_experts_per_tok":3"#, "num_experts_per_tok"),
+            (r#","model_type":"qwen2_moe","num_experts":0"#, "num_experts"),
+            (r#","model_type":"qwen2_moe","mlp_only_layers":[1,"x"]"#, "mlp_only_layers[1]"),
+            (r#","model_type":"qwen2_moe","decoder_sparse_step":0"#, "decoder_sparse_step"),
+        ] {
+            let e = LlamaConfig::from_json_str(&base(extra)).unwrap_err();
+            assert_eq!(e.field, field, "{extra}: {e}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let base = |extra: &str| format!(r#"{{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":10{extra}}}"#);
         let cases = [
