@@ -12,7 +12,7 @@
 // Needs: `npm run build` (or scripts/test.sh, which builds first) and the GGUF in .cache/models/.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -178,6 +178,47 @@ describe('Generate tab', () => {
     assert.deepEqual(r.ids, [7042, 30], r.text);
     assert.equal(r.text, ' Paris.');
     assert.equal(await page.getAttribute('.gen-slot', 'data-backend'), 'gpu');
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  it('the merge just made runs in the Generate tab without a download (tiny Mixtral + itself, linear 0.5/0.5 = itself)', async () => {
+    const ref = JSON.parse(readFileSync(join(MOE, 'perplexity.json'), 'utf8'));
+    const dir = join(ROOT, 'tests/fixtures/moe/mixtral');
+    const files = readdirSync(dir).filter((f) => !f.endsWith('.f32')).map((f) => join(dir, f));
+    const { page, context, errors } = await newPage();
+    await page.click('#tab-merge');
+    assert.equal(await page.isDisabled('#gen-add-merge'), true);
+    for (let i = 0; i < 2; i++) await page.click('#add-model-btn');
+    for (const [i, name] of ['a', 'b'].entries()) {
+      const input = page.locator('.model-card input.model-name').nth(i);
+      await input.fill(name);
+      await input.dispatchEvent('change');
+      await page.waitForSelector(`.model-card[data-model="${name}"]`);
+      await page.locator(`.model-card[data-model="${name}"] input.files-input`).setInputFiles(files);
+      await page.locator(`.model-card[data-model="${name}"] .file-list li`).first().waitFor();
+    }
+    await page.click('#view-yaml');
+    await page.fill('#yaml-text', 'merge_method: linear\nmodels:\n  - model: a\n    parameters:\n      weight: 0.5\n  - model: b\n    parameters:\n      weight: 0.5\ndtype: float32\n');
+    // The page re-parses 200 ms after the last keystroke (as in merge.test.mjs).
+    await page.waitForFunction(() => !document.querySelector('#recipe-status')?.textContent?.startsWith('…'), null, { timeout: 5000 });
+    await page.waitForTimeout(400);
+    await page.waitForSelector('#recipe-status.ok', { timeout: 10_000 });
+    await page.click('#merge-btn');
+    await page.waitForSelector('#run-status.ok, #run-status.error', { timeout: 60_000 });
+    assert.match(await page.getAttribute('#run-status', 'class'), /ok/, await page.textContent('#run-status'));
+
+    await page.click('#tab-generate');
+    await page.selectOption('#gen-backend', 'cpu');
+    assert.equal(await page.isDisabled('#gen-add-merge'), false);
+    await page.click('#gen-add-merge');
+    await page.waitForSelector('.gen-slot[data-state="ready"], .gen-slot[data-state="error"]', { timeout: 30_000 });
+    assert.equal(await page.getAttribute('.gen-slot', 'data-state'), 'ready', await page.textContent('.gen-status'));
+    assert.match(await page.textContent('.gen-slot .gen-name'), /^merge \(/);
+    assert.equal(await page.getAttribute('.gen-slot', 'data-moe'), 'true');
+    await greedy(page, ref.greedy.ids.length);
+    const [r] = await generate(page, ref.greedy.prompt);
+    assert.deepEqual(r.ids, ref.greedy.ids);
     assert.deepEqual(errors, []);
     await context.close();
   });

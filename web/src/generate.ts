@@ -632,7 +632,9 @@ function build(root: HTMLElement) {
       <input id="gen-folder-input" type="file" webkitdirectory multiple hidden>
       <button id="gen-add-merge" type="button" disabled title="Merge in the Merge tab first">+ The merge just made</button>
       <button id="gen-add-demo" type="button" class="secondary">+ Demo: tiny Mixtral (MoE)</button>
-      <label for="gen-backend" class="second">Run on</label>
+    </div>
+    <div class="row">
+      <label for="gen-backend">Run on</label>
       <select id="gen-backend">
         <option value="auto">WebGPU if available, else CPU</option>
         <option value="cpu">CPU (WebAssembly)</option>

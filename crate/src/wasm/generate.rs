@@ -314,7 +314,8 @@ impl Generator {
                         self.gpu_context = max_context;
                         self.cpu_reason = None;
                     }
-                    Err(e) => self.cpu_reason = Some(format!("this model does not run on WebGPU here: {e}")),
+                    // (the GPU path's messages end with advice for the CLI: not for the page)
+                    Err(e) => self.cpu_reason = Some(format!("this model does not run on WebGPU here: {}", e.to_string().replace("; use --backend cpu", ""))),
                 },
             }
         }
