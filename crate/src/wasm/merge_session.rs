@@ -13,13 +13,10 @@
 //! the "what the merge did" rows (`merge::stats`) come with each step.
 //! Reference: mergekit 0.1.5 `mergekit/merge.py` (`run_merge`), see `merge/run.rs`.
 
-use std::collections::BTreeMap;
-
-use js_sys::{Array, Function};
-use wasm_bindgen::JsCast;
+use js_sys::Function;
 use wasm_bindgen::prelude::*;
 
-use super::{JsModelFiles, JsOutputDir, entries};
+use super::{JsOutputDir, read_model_files};
 use crate::formats::checkpoint::ModelFiles;
 use crate::formats::IoError;
 use crate::merge::recipe::Recipe;
@@ -54,7 +51,7 @@ impl MergeSession {
             None | Some("") => None,
             Some(s) => Some(crate::formats::parse_size(s).map_err(|e| JsError::new(&format!("output shard size: {e}")))?),
         };
-        let models = model_files(&files).map_err(|m| JsError::new(&m))?;
+        let models = read_model_files(&files).map_err(|m| JsError::new(&m))?;
         let mut open_model = |name: &str| -> Result<Box<dyn ModelFiles>, IoError> {
             match models.get(name) {
                 Some(m) => Ok(Box::new(m.clone())),
@@ -145,36 +142,4 @@ impl MergeSession {
     pub fn cancel(&mut self) {
         self.job = None;
     }
-}
-
-/// A `File`, or a `Blob` (a cached download) seen as a `File` named after its path: the data is
-/// not copied (a `File` made from a `Blob` refers to the same bytes).
-fn as_file(v: JsValue, path: &str) -> Option<web_sys::File> {
-    if let Some(f) = v.dyn_ref::<web_sys::File>() {
-        return Some(f.clone());
-    }
-    let blob = v.dyn_into::<web_sys::Blob>().ok()?;
-    let name = path.rsplit('/').next().unwrap_or(path);
-    web_sys::File::new_with_blob_sequence(&Array::of1(&blob), name).ok()
-}
-
-/// `files` argument → model name → its files; each file a `File` or a `Blob`.
-fn model_files(files: &JsValue) -> Result<BTreeMap<String, JsModelFiles>, String> {
-    let mut models = BTreeMap::new();
-    for (name, value) in entries(files).map_err(|e| format!("files: {e}"))? {
-        let mut list = Vec::new();
-        if Array::is_array(&value) {
-            for f in Array::from(&value).iter() {
-                let file: web_sys::File = f.dyn_into().map_err(|_| format!("files for model {name}: expected File objects in the array (or a Map from path to File or Blob)"))?;
-                list.push((file.name(), file));
-            }
-        } else {
-            for (path, f) in entries(&value).map_err(|e| format!("files for model {name}: {e}"))? {
-                let file = as_file(f, &path).ok_or_else(|| format!("files for model {name}: {path} is not a File or a Blob"))?;
-                list.push((path, file));
-            }
-        }
-        models.insert(name.clone(), JsModelFiles { name, files: list });
-    }
-    Ok(models)
 }

@@ -9,7 +9,7 @@
 //! Data path of a merge in the browser:
 //!   `File`s picked by the user (per model: relative path → `File`)
 //!     → `BlobSource` (`ByteSource`: `blob.slice(a, b)` read with `FileReaderSync`, one tensor at a time)
-//!     → `run_merge` (the same engine as the CLI)
+//!     → `MergeSession` (`merge_session.rs`: `MergeJob` steps, the same engine as the CLI)
 //!     → `JsOutputDir` / `JsSink` (`ByteSink`: chunks of ≤ 4 MiB handed to `on_output`)
 //!     → the worker collects them into `Blob`s the page offers for download.
 
@@ -19,7 +19,7 @@ mod generate;
 
 use std::collections::BTreeMap;
 
-use js_sys::{Array, Function, Map, Object, Reflect, Uint8Array};
+use js_sys::{Array, Function, Map, Object, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
@@ -27,7 +27,6 @@ use crate::formats::checkpoint::{ModelFiles, OutputDir};
 use crate::formats::{ByteSink, ByteSource, IoError};
 use crate::merge::methods::Method;
 use crate::merge::recipe::{Recipe, RecipeError};
-use crate::merge::run::{run_merge, MergeOptions, Progress};
 
 thread_local! {
     /// The message of the last panic (a bug), for `last_panic`.
@@ -122,101 +121,69 @@ pub fn merge(
     on_progress: Function,
     on_output: Function,
 ) -> Result<String, JsError> {
-    let recipe = Recipe::from_yaml(recipe_yaml).map_err(|e| JsError::new(&e.to_string()))?;
-    let seed: u64 = seed.trim().parse().map_err(|_| JsError::new(&format!("seed {seed:?} is not a whole number between 0 and 18446744073709551615")))?;
-    let out_shard_size = match out_shard_size.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(s) => Some(crate::formats::parse_size(s).map_err(|e| JsError::new(&format!("output shard size: {e}")))?),
-    };
-    let models = read_model_files(&files).map_err(|m| JsError::new(&m))?;
-    // A model may be opened more than once (the base model is often also listed in `models:`):
-    // each open gets its own handle on the same `File`s.
-    let mut open_model = |name: &str| -> Result<Box<dyn ModelFiles>, IoError> {
-        match models.get(name) {
-            Some(m) => Ok(Box::new(m.clone())),
-            None => Err(IoError::new(
-                name,
-                format!(
-                    "no files were added for this model in the page (add its folder, or its .safetensors and config.json); models with files: {}",
-                    models.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            )),
+    // The one-shot form of `MergeSession`: the same steps, run back to back.
+    let mut session = merge_session::MergeSession::new(recipe_yaml, files, seed, out_shard_size, on_output)?;
+    let mut all_rows: Vec<serde_json::Value> = Vec::new();
+    loop {
+        let step = session.step()?;
+        let mut v: serde_json::Value = serde_json::from_str(&step).map_err(|e| JsError::new(&format!("internal error: step summary: {e}")))?;
+        if let Some(rows) = v.get("stats").and_then(|r| r.as_array()) {
+            all_rows.extend(rows.iter().cloned());
         }
-    };
-
-    // "What the merge did" (merge::stats): each progress event carries the rows finished since
-    // the previous one (`stats`: array of StatsRow objects); the report carries all rows and
-    // their CSV (the bytes `crucible merge --stats` writes).
-    let stats = std::rc::Rc::new(std::cell::RefCell::new(crate::merge::stats::StatsCollector::new()));
-    let mut stats_observer = stats.clone();
-    let mut stats_sent = 0usize;
-    let mut on_progress_cb = |p: &Progress| {
-        let o = Object::new();
-        {
-            let st = stats.borrow();
-            let new_rows = &st.rows()[stats_sent.min(st.rows().len())..];
-            stats_sent = st.rows().len();
-            let rows = serde_json::to_string(new_rows).ok().and_then(|j| js_sys::JSON::parse(&j).ok()).unwrap_or_else(|| Array::new().into());
-            let _ = Reflect::set(&o, &"stats".into(), &rows);
-        }
-        let _ = Reflect::set(&o, &"done_tensors".into(), &(p.done_tensors as f64).into());
-        let _ = Reflect::set(&o, &"total_tensors".into(), &(p.total_tensors as f64).into());
-        let _ = Reflect::set(&o, &"done_bytes".into(), &(p.done_bytes as f64).into());
-        let _ = Reflect::set(&o, &"total_bytes".into(), &(p.total_bytes as f64).into());
-        let _ = Reflect::set(&o, &"tensor".into(), &p.tensor.as_str().into());
-        let _ = on_progress.call1(&JsValue::NULL, &o);
-    };
-    let mut out = JsOutputDir { on_output: on_output.clone() };
-    let mut opts = MergeOptions { seed, out_shard_size, progress: Some(&mut on_progress_cb), cancelled: None, observer: Some(&mut stats_observer) };
-    let report = run_merge(&recipe, &mut open_model, &mut out, &mut opts).map_err(|e| JsError::new(&e.to_string()))?;
-    Ok(serde_json::json!({
-        "files": report.files,
-        "tensors": report.tensors,
-        "parameters": report.parameters,
-        "bytes_written": report.bytes_written,
-        "stats": stats.borrow().rows(),
-        "stats_csv": stats.borrow().to_csv(),
-    })
-    .to_string())
-}
-
-/// `files` argument of `merge` → model name → its files.
-fn read_model_files(files: &JsValue) -> Result<BTreeMap<String, JsModelFiles>, String> {
-    let mut models = BTreeMap::new();
-    for (name, value) in entries(files).map_err(|e| format!("files: {e}"))? {
-        let mut list = Vec::new();
-        if Array::is_array(&value) {
-            for f in Array::from(&value).iter() {
-                let file: web_sys::File = f.dyn_into().map_err(|_| format!("files for model {name}: expected File objects"))?;
-                list.push((file.name(), file));
+        match v.get("kind").and_then(|k| k.as_str()) {
+            Some("done") => {
+                v["stats"] = serde_json::Value::Array(all_rows);
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("kind");
+                }
+                return Ok(v.to_string());
             }
-        } else {
-            for (path, f) in entries(&value).map_err(|e| format!("files for model {name}: {e}"))? {
-                let file: web_sys::File = f.dyn_into().map_err(|_| format!("files for model {name}: {path} is not a File"))?;
-                list.push((path, file));
+            Some("tensor") => {
+                let o = js_sys::JSON::parse(&step).map_err(|e| JsError::new(&js_message(&e)))?;
+                let _ = on_progress.call1(&JsValue::NULL, &o);
             }
+            _ => {}
         }
-        models.insert(name.clone(), JsModelFiles { name, files: list });
     }
-    Ok(models)
 }
 
-/// One model's files (a `Map`/object from relative path to `File`, or an array of `File`s keyed
-/// by name) → (path, file) pairs; `name` names the model in messages. Used by `generate.rs`.
+/// A `File`, or a `Blob` (a cached download) seen as a `File` named after its path: the data is
+/// not copied (a `File` made from a `Blob` refers to the same bytes).
+fn as_file(v: JsValue, path: &str) -> Option<web_sys::File> {
+    if let Some(f) = v.dyn_ref::<web_sys::File>() {
+        return Some(f.clone());
+    }
+    let blob = v.dyn_into::<web_sys::Blob>().ok()?;
+    let name = path.rsplit('/').next().unwrap_or(path);
+    web_sys::File::new_with_blob_sequence(&Array::of1(&blob), name).ok()
+}
+
+/// One model's files (a `Map`/object from relative path to `File` or `Blob`, or an array of
+/// `File`s keyed by name) → (path, file) pairs; `name` names the model in messages.
 pub(crate) fn read_model_list(name: &str, value: &JsValue) -> Result<Vec<(String, web_sys::File)>, String> {
     let mut list = Vec::new();
     if Array::is_array(value) {
         for f in Array::from(value).iter() {
-            let file: web_sys::File = f.dyn_into().map_err(|_| format!("files for model {name}: expected File objects"))?;
+            let file: web_sys::File = f.dyn_into().map_err(|_| format!("files for model {name}: expected File objects in the array (or a Map from path to File or Blob)"))?;
             list.push((file.name(), file));
         }
     } else {
         for (path, f) in entries(value).map_err(|e| format!("files for model {name}: {e}"))? {
-            let file: web_sys::File = f.dyn_into().map_err(|_| format!("files for model {name}: {path} is not a File"))?;
+            let file = as_file(f, &path).ok_or_else(|| format!("files for model {name}: {path} is not a File or a Blob"))?;
             list.push((path, file));
         }
     }
     Ok(list)
+}
+
+/// The `files` argument (model name → its files) → model name → `JsModelFiles`.
+pub(crate) fn read_model_files(files: &JsValue) -> Result<BTreeMap<String, JsModelFiles>, String> {
+    let mut models = BTreeMap::new();
+    for (name, value) in entries(files).map_err(|e| format!("files: {e}"))? {
+        let files = read_model_list(&name, &value)?;
+        models.insert(name.clone(), JsModelFiles { name, files });
+    }
+    Ok(models)
 }
 
 /// Key/value pairs of a JS `Map` or plain object, keys as strings.
