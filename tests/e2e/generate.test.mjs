@@ -16,12 +16,10 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
-import { serve } from './serve.mjs';
+import { serve, launchChromium } from './serve.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const DIST = resolve(process.env.CRUCIBLE_DIST ?? join(ROOT, 'dist'));
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const GGUF = join(ROOT, '.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf');
 const MOE = join(ROOT, 'tests/fixtures/moe/eval');
 // A file name that is HTML: it must show as text, never run.
@@ -71,11 +69,7 @@ before(async () => {
   work = mkdtempSync(join(tmpdir(), 'crucible-gen-'));
   symlinkSync(GGUF, join(work, HTML_NAME));
   server = await serve(DIST);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic', '--no-first-run'],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

@@ -56,3 +56,14 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   const { url } = await serve(process.argv[2] ?? 'dist');
   console.log(`serving at ${url}`);
 }
+
+/** Headless Chromium as every e2e file runs it: the system's (or $CHROMIUM), WebGPU enabled
+ * (SwiftShader when there is no GPU), no background traffic. */
+export async function launchChromium() {
+  const { chromium } = await import('playwright-core');
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    args: ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic', '--no-first-run'],
+  });
+}

@@ -11,14 +11,12 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
-import { serve } from './serve.mjs';
+import { serve, launchChromium } from './serve.mjs';
 import { serveHub } from './hub_server.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const FIX = join(ROOT, 'tests/fixtures/merge');
 const DIST = process.env.CRUCIBLE_DIST ?? join(ROOT, 'dist');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 
 const sha256 = (bytes) => createHash('sha256').update(bytes).digest('hex');
 /** A fragment holding `body` (the schema's JSON), made here with node's zlib. */
@@ -80,11 +78,7 @@ before(async () => {
   assert.ok(existsSync(join(DIST, 'index.html')), `${DIST} is missing: run \`npm run build\` (scripts/test.sh does) first`);
   work = mkdtempSync(join(tmpdir(), 'crucible-share-e2e-'));
   server = await serve(DIST);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic', '--no-first-run'],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {
