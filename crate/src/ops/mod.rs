@@ -8,6 +8,7 @@ pub mod add;
 pub mod attention;
 pub mod embed;
 pub mod matmul;
+pub mod qmatmul;
 pub mod qmatvec;
 pub mod rmsnorm;
 pub mod rope;
