@@ -35,6 +35,8 @@
 use crate::gpu::{GpuContext, GpuError, PooledBuffer};
 use crate::models::llama::{Linear, LlamaModel, WeightStorage};
 use crate::models::config::LlamaConfig;
+use crate::models::moe::{ExpertChoice, ExpertTrace, Mlp, MoeBlock};
+use crate::ops::{moe, router};
 use crate::ops::embed::{EmbedTable, GpuEmbedTable, persistent_storage};
 use crate::ops::attention::{self, AttentionParams, GpuKvCache};
 use crate::ops::{OpError, add, matmul, qmatvec, rmsnorm, rope, swiglu};
@@ -106,7 +108,7 @@ fn upload_table(ctx: &GpuContext, label: &str, lin: &Linear, max_rows: Option<us
 
 fn upload_linear(ctx: &GpuContext, label: &str, lin: &Linear, max_rows: Option<usize>) -> Result<GpuLinear, GpuModelError> {
     if lin.out_features == 0 || lin.in_features == 0 {
-        return Err(GpuModelError::Unsupported(format!("{label} has no weights (a sparse mixture-of-experts layer?): MoE layers do not run on the GPU yet; use --backend cpu")));
+        return Err(GpuModelError::Unsupported(format!("{label} has no weights ({} × {}): the checkpoint or its config is inconsistent", lin.out_features, lin.in_features)));
     }
     let table = upload_table(ctx, label, lin, max_rows)?;
     let bias = match &lin.bias {
@@ -178,6 +180,68 @@ impl GpuLinear {
     }
 }
 
+/// A SwiGLU MLP on the GPU (a dense layer's MLP, a routed expert, a shared expert).
+#[derive(Debug)]
+struct GpuMlp {
+    gate: GpuLinear,
+    up: GpuLinear,
+    down: GpuLinear,
+}
+
+fn upload_mlp(ctx: &GpuContext, p: &str, m: &Mlp, max_rows: Option<usize>) -> Result<GpuMlp, GpuModelError> {
+    Ok(GpuMlp {
+        gate: upload_linear(ctx, &format!("{p}.gate_proj"), &m.gate_proj, max_rows)?,
+        up: upload_linear(ctx, &format!("{p}.up_proj"), &m.up_proj, max_rows)?,
+        down: upload_linear(ctx, &format!("{p}.down_proj"), &m.down_proj, max_rows)?,
+    })
+}
+
+impl GpuMlp {
+    fn linears(&self) -> [&GpuLinear; 3] {
+        [&self.gate, &self.up, &self.down]
+    }
+
+    /// Records y (t, H) = down(silu(gate·x) ⊙ up·x) with `gate`/`up` (t, I) as scratch.
+    fn encode(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, t: usize, x: &wgpu::Buffer, gate: &wgpu::Buffer, up: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<(), OpError> {
+        let inter = self.gate.out;
+        self.gate.encode(ctx, enc, t, x, gate)?;
+        self.up.encode(ctx, enc, t, x, up)?;
+        swiglu::encode(ctx, enc, &swiglu::Meta { n: (t * inter) as u32, _pad: [0; 3] }, range(gate, 0, t * inter), range(up, 0, t * inter))?;
+        self.down.encode(ctx, enc, t, gate, y)
+    }
+}
+
+/// A sparse MoE block on the GPU (models::moe::MoeBlock): router (E, H), experts, Qwen2-MoE's
+/// shared expert and its sigmoid gate (1, H).
+#[derive(Debug)]
+struct GpuMoe {
+    router: GpuLinear,
+    experts: Vec<GpuMlp>,
+    shared: Option<(GpuMlp, GpuLinear)>,
+}
+
+fn upload_moe(ctx: &GpuContext, p: &str, b: &MoeBlock, max_rows: Option<usize>) -> Result<GpuMoe, GpuModelError> {
+    let router = upload_linear(ctx, &format!("{p}.gate"), &b.router, max_rows)?;
+    let experts = b.experts.iter().enumerate().map(|(e, m)| upload_mlp(ctx, &format!("{p}.experts.{e}"), m, max_rows)).collect::<Result<Vec<_>, _>>()?;
+    let shared = match &b.shared {
+        Some(sh) => Some((upload_mlp(ctx, &format!("{p}.shared_expert"), &sh.mlp, max_rows)?, upload_linear(ctx, &format!("{p}.shared_expert_gate"), &sh.gate, max_rows)?)),
+        None => None,
+    };
+    Ok(GpuMoe { router, experts, shared })
+}
+
+impl GpuMoe {
+    fn linears(&self) -> Vec<&GpuLinear> {
+        let mut v = vec![&self.router];
+        v.extend(self.experts.iter().flat_map(GpuMlp::linears));
+        if let Some((m, g)) = &self.shared {
+            v.extend(m.linears());
+            v.push(g);
+        }
+        v
+    }
+}
+
 #[derive(Debug)]
 struct GpuLayer {
     input_norm: wgpu::Buffer,
@@ -186,10 +250,24 @@ struct GpuLayer {
     k: GpuLinear,
     v: GpuLinear,
     o: GpuLinear,
-    gate: GpuLinear,
-    up: GpuLinear,
-    down: GpuLinear,
+    /// The dense MLP (None in a sparse MoE layer).
+    mlp: Option<GpuMlp>,
+    /// The sparse MoE block (Some in a sparse layer).
+    moe: Option<GpuMoe>,
     window: Option<usize>,
+}
+
+impl GpuLayer {
+    fn linears(&self) -> Vec<&GpuLinear> {
+        let mut v = vec![&self.q, &self.k, &self.v, &self.o];
+        if let Some(m) = &self.mlp {
+            v.extend(m.linears());
+        }
+        if let Some(b) = &self.moe {
+            v.extend(b.linears());
+        }
+        v
+    }
 }
 
 /// Activations for up to `max_batch` tokens, taken from the pool once and reused every token.
@@ -208,6 +286,17 @@ struct Scratch {
     partial: PooledBuffer,
     last: PooledBuffer,
     logits: PooledBuffer,
+    /// MoE: router logits (t, E), router output (2·t·k), the plan's token lists (t·k u32) and
+    /// weights (t·k), 0..t as u32 (the shared expert's rows), the gathered rows (t, H), an
+    /// expert's output (t, H), the shared-expert gate (t). One float where the model has no MoE.
+    router_logits: PooledBuffer,
+    router_out: PooledBuffer,
+    moe_idx: PooledBuffer,
+    moe_w: PooledBuffer,
+    moe_ident: PooledBuffer,
+    moe_x: PooledBuffer,
+    moe_out: PooledBuffer,
+    moe_gate: PooledBuffer,
 }
 
 /// A Llama-family model resident on the GPU, with its KV cache.
@@ -226,6 +315,8 @@ pub struct GpuLlama {
     scratch: Scratch,
     opts: GpuLlamaOptions,
     batched: bool,
+    /// Experts chosen per token and layer by the last `forward`/`forward_last` call.
+    routes: ExpertTrace,
 }
 
 impl std::fmt::Debug for GpuLlama {
@@ -236,7 +327,7 @@ impl std::fmt::Debug for GpuLlama {
 
 impl GpuLlama {
     /// Uploads `model`'s weights to the device of `ctx` and allocates the KV cache and the
-    /// activations. MoE layers are refused by name.
+    /// activations. Sparse MoE layers run their router, experts and shared expert on the GPU.
     pub fn new(ctx: GpuContext, model: &LlamaModel, opts: GpuLlamaOptions) -> Result<GpuLlama, GpuModelError> {
         let c = &model.config;
         let w = &model.weights;
@@ -260,9 +351,14 @@ impl GpuLlama {
                 k: upload_linear(&ctx, &format!("{p}.k_proj"), &l.k_proj, mr)?,
                 v: upload_linear(&ctx, &format!("{p}.v_proj"), &l.v_proj, mr)?,
                 o: upload_linear(&ctx, &format!("{p}.o_proj"), &l.o_proj, mr)?,
-                gate: upload_linear(&ctx, &format!("{p}.mlp.gate_proj"), &l.gate_proj, mr)?,
-                up: upload_linear(&ctx, &format!("{p}.mlp.up_proj"), &l.up_proj, mr)?,
-                down: upload_linear(&ctx, &format!("{p}.mlp.down_proj"), &l.down_proj, mr)?,
+                mlp: match &l.moe {
+                    Some(_) => None,
+                    None => Some(upload_mlp(&ctx, &format!("{p}.mlp"), &Mlp { gate_proj: l.gate_proj.clone(), up_proj: l.up_proj.clone(), down_proj: l.down_proj.clone() }, mr)?),
+                },
+                moe: match &l.moe {
+                    Some(b) => Some(upload_moe(&ctx, &format!("{p}.mlp"), b, mr)?),
+                    None => None,
+                },
                 window: c.layer_windows[i],
             });
         }
@@ -277,12 +373,20 @@ impl GpuLlama {
 
         let align = (ctx.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
         let head_batchable = batchable(head.as_ref().map_or(&embed, |hl| &hl.table), align);
-        let batched = head_batchable && layers.iter().all(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().all(|x| batchable(&x.table, align)));
+        let batched = head_batchable && layers.iter().all(|l| l.linears().iter().all(|x| batchable(&x.table, align)));
         let t = if batched { opts.max_batch } else { 1 };
 
         let s = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
         let f = |label: &'static str, n: usize| ctx.buffer(label, n.max(1) as u64 * 4, s);
         let max_splits = 16usize.max(opts.decode_splits.unwrap_or(1));
+        let moe_cfg = c.moe.as_ref();
+        if let Some(m) = moe_cfg
+            && (m.top_k == 0 || m.top_k > m.num_experts)
+        {
+            return Err(GpuModelError::Unsupported(format!("num_experts_per_tok {} of num_experts {}: need 1 ≤ k ≤ E", m.top_k, m.num_experts)));
+        }
+        let (n_experts, top_k) = moe_cfg.map_or((0, 0), |m| (m.num_experts, m.top_k));
+        let mlp_width = inter.max(moe_cfg.map_or(0, |m| m.expert_intermediate_size.max(m.shared_expert_intermediate_size.unwrap_or(0))));
         let scratch = Scratch {
             tokens: f("llama_gpu.tokens", t)?,
             x: f("llama_gpu.x", t * h)?,
@@ -292,13 +396,25 @@ impl GpuLlama {
             v: f("llama_gpu.v", t * nkv * hd)?,
             attn: f("llama_gpu.attn", t * nh * hd)?,
             tmp: f("llama_gpu.tmp", t * h)?,
-            gate: f("llama_gpu.gate", t * inter)?,
-            up: f("llama_gpu.up", t * inter)?,
+            gate: f("llama_gpu.gate", t * mlp_width)?,
+            up: f("llama_gpu.up", t * mlp_width)?,
             partial: f("llama_gpu.partial", max_splits * nh * (hd + 2))?,
             last: f("llama_gpu.last", h)?,
             logits: f("llama_gpu.logits", t * vocab)?,
+            router_logits: f("llama_gpu.router_logits", t * n_experts)?,
+            router_out: f("llama_gpu.router_out", 2 * t * top_k)?,
+            moe_idx: f("llama_gpu.moe_idx", t * top_k)?,
+            moe_w: f("llama_gpu.moe_w", t * top_k)?,
+            moe_ident: f("llama_gpu.moe_ident", if moe_cfg.is_some() { t } else { 0 })?,
+            moe_x: f("llama_gpu.moe_x", if moe_cfg.is_some() { t * h } else { 0 })?,
+            moe_out: f("llama_gpu.moe_out", if moe_cfg.is_some() { t * h } else { 0 })?,
+            moe_gate: f("llama_gpu.moe_gate", if moe_cfg.is_some() { t } else { 0 })?,
         };
-        Ok(GpuLlama { ctx, config: c.clone(), layout: model.rope_layout, freqs, inv_freq, embed, layers, norm, head, cache, scratch, opts, batched })
+        if moe_cfg.is_some() {
+            let ident: Vec<u32> = (0..t as u32).collect();
+            ctx.queue.write_buffer(&scratch.moe_ident, 0, bytemuck::cast_slice(&ident));
+        }
+        Ok(GpuLlama { ctx, config: c.clone(), layout: model.rope_layout, freqs, inv_freq, embed, layers, norm, head, cache, scratch, opts, batched, routes: Vec::new() })
     }
 
     pub fn ctx(&self) -> &GpuContext {
@@ -319,6 +435,13 @@ impl GpuLlama {
         self.batched && self.opts.max_batch > 1
     }
 
+    /// Per token of the last `forward` / `forward_last` call, per layer, the experts chosen
+    /// (best first, with their combine weights); dense layers and non-MoE models give empty lists.
+    /// `routes()[t][layer]`, as `LlamaModel::forward_traced`'s trace.
+    pub fn routes(&self) -> &ExpertTrace {
+        &self.routes
+    }
+
     /// Start a new sequence (the cache buffers are kept).
     pub fn reset(&mut self) {
         self.cache.clear();
@@ -337,6 +460,7 @@ impl GpuLlama {
     /// `LlamaModel::forward` does.
     pub async fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GpuModelError> {
         self.check_tokens(tokens)?;
+        self.routes.clear();
         let mut out = Vec::with_capacity(tokens.len() * self.config.vocab_size);
         let step = if self.batched { self.opts.max_batch } else { 1 };
         for chunk in tokens.chunks(step) {
@@ -349,6 +473,7 @@ impl GpuLlama {
     /// the head runs for that token only.
     pub async fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GpuModelError> {
         self.check_tokens(tokens)?;
+        self.routes.clear();
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
@@ -373,7 +498,7 @@ impl GpuLlama {
             return Ok(Vec::new());
         }
         let c = &self.config;
-        let (h, nh, nkv, hd, inter, vocab) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size, c.vocab_size);
+        let (h, nh, nkv, hd, vocab) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.vocab_size);
         let ctx = &self.ctx;
         let s = &self.scratch;
         let pos0 = self.cache.len();
@@ -400,6 +525,7 @@ impl GpuLlama {
         let add_meta = add::Meta { n: (t * h) as u32, ny: (t * h) as u32, _pad: [0; 2] };
 
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("llama_gpu token") });
+        let mut routes: ExpertTrace = vec![vec![Vec::<ExpertChoice>::new(); self.layers.len()]; t];
         self.embed.encode(ctx, &mut enc, t, range(&s.tokens, 0, t), range(&s.x, 0, t * h))?;
         for (li, l) in self.layers.iter().enumerate() {
             rmsnorm::encode(ctx, &mut enc, &norm_meta(t), range(&s.x, 0, t * h), range(&l.input_norm, 0, h), range(&s.hs, 0, t * h))?;
@@ -418,10 +544,48 @@ impl GpuLlama {
             l.o.encode(ctx, &mut enc, t, &s.attn, &s.tmp)?;
             add::encode(ctx, &mut enc, &add_meta, range(&s.x, 0, t * h), range(&s.tmp, 0, t * h))?;
             rmsnorm::encode(ctx, &mut enc, &norm_meta(t), range(&s.x, 0, t * h), range(&l.post_norm, 0, h), range(&s.hs, 0, t * h))?;
-            l.gate.encode(ctx, &mut enc, t, &s.hs, &s.gate)?;
-            l.up.encode(ctx, &mut enc, t, &s.hs, &s.up)?;
-            swiglu::encode(ctx, &mut enc, &swiglu::Meta { n: (t * inter) as u32, _pad: [0; 3] }, range(&s.gate, 0, t * inter), range(&s.up, 0, t * inter))?;
-            l.down.encode(ctx, &mut enc, t, &s.gate, &s.tmp)?;
+            if let Some(m) = &l.mlp {
+                m.encode(ctx, &mut enc, t, &s.hs, &s.gate, &s.up, &s.tmp)?;
+            } else if let (Some(b), Some(mc)) = (&l.moe, &c.moe) {
+                // Route: router logits → softmax/top-k on the GPU; submit and read the top-k back
+                // (2·t·k floats) to plan the per-expert dispatches (ops::moe docs).
+                let (e_n, k) = (mc.num_experts, mc.top_k);
+                b.router.encode(ctx, &mut enc, t, &s.hs, &s.router_logits)?;
+                let rmeta = router::Meta { t: t as u32, e: e_n as u32, k: k as u32, renorm: router::renorm_for(mc.style, mc.norm_topk_prob) as u32 };
+                router::encode(ctx, &mut enc, &rmeta, range(&s.router_logits, 0, t * e_n), range(&s.router_out, 0, 2 * t * k))?;
+                let done = std::mem::replace(&mut enc, ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("llama_gpu moe") }));
+                ctx.queue.submit([done.finish()]);
+                let out = ctx.read_f32("llama_gpu router top-k", &s.router_out, 0, 2 * t * k).await?;
+                let choices = router::unpack(&out, t, k);
+                let plan = moe::MoePlan::new(&choices, e_n)?;
+                ctx.queue.write_buffer(&s.moe_idx, 0, bytemuck::cast_slice(&plan.tokens));
+                ctx.queue.write_buffer(&s.moe_w, 0, bytemuck::cast_slice(&plan.weights));
+                // y = Σ_e scatter(w · expert_e(gather(hs))) (+ sigmoid(g)·shared(hs)), then x += y.
+                enc.clear_buffer(&s.tmp, 0, Some((t * h * 4) as u64));
+                let tk = t * k;
+                for (e, expert) in b.experts.iter().enumerate() {
+                    let (n, off) = (plan.counts[e], plan.offsets[e]);
+                    if n == 0 {
+                        continue;
+                    }
+                    let gmeta = moe::GatherMeta { n: n as u32, h: h as u32, offset: off as u32, _pad: 0 };
+                    moe::encode_gather(ctx, &mut enc, &gmeta, range(&s.hs, 0, t * h), range(&s.moe_idx, 0, tk), range(&s.moe_x, 0, n * h))?;
+                    expert.encode(ctx, &mut enc, n, &s.moe_x, &s.gate, &s.up, &s.moe_out)?;
+                    let smeta = moe::ScatterMeta { n: n as u32, h: h as u32, offset: off as u32, mode: moe::MODE_WEIGHT };
+                    moe::encode_scatter(ctx, &mut enc, &smeta, range(&s.tmp, 0, t * h), range(&s.moe_idx, 0, tk), range(&s.moe_w, 0, tk), range(&s.moe_out, 0, n * h))?;
+                }
+                if let Some((shared, gate)) = &b.shared {
+                    shared.encode(ctx, &mut enc, t, &s.hs, &s.gate, &s.up, &s.moe_out)?;
+                    gate.encode(ctx, &mut enc, t, &s.hs, &s.moe_gate)?;
+                    let smeta = moe::ScatterMeta { n: t as u32, h: h as u32, offset: 0, mode: moe::MODE_SIGMOID };
+                    moe::encode_scatter(ctx, &mut enc, &smeta, range(&s.tmp, 0, t * h), range(&s.moe_ident, 0, t), range(&s.moe_gate, 0, t), range(&s.moe_out, 0, t * h))?;
+                }
+                for (ti, cs) in choices.into_iter().enumerate() {
+                    routes[ti][li] = cs;
+                }
+            } else {
+                return Err(GpuModelError::Unsupported(format!("layer {li} has MoE weights but the config has no moe section")));
+            }
             add::encode(ctx, &mut enc, &add_meta, range(&s.x, 0, t * h), range(&s.tmp, 0, t * h))?;
         }
         // Final norm; the head on every row or on the last one (copied to the start of `last`).
@@ -440,6 +604,7 @@ impl GpuLlama {
         ctx.queue.submit([enc.finish()]);
         self.cache.advance(t)?;
         let logits = ctx.read_f32("llama_gpu logits", &s.logits, 0, rows * vocab).await?;
+        self.routes.extend(routes);
         Ok(logits)
     }
 }

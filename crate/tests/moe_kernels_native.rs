@@ -1,0 +1,33 @@
+#![cfg(not(target_arch = "wasm32"))]
+//! The mixture-of-experts kernels (router softmax/top-k, gather, weighted scatter-add) against
+//! their CPU references natively through wgpu (Vulkan: Mesa lavapipe on machines without a GPU).
+//! No adapter FAILS these tests.
+//!
+//! Run: `XDG_RUNTIME_DIR=/tmp cargo test -p crucible --test moe_kernels_native -- --nocapture`
+
+mod gpu_common;
+mod moe_kernels;
+
+use crucible::gpu::GpuContext;
+use moe_kernels::*;
+
+fn ctx() -> GpuContext {
+    let ctx = pollster::block_on(GpuContext::new_default()).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+    println!("adapter: {}", ctx.adapter_summary());
+    ctx
+}
+
+#[test]
+fn router_matches_reference_for_both_conventions_and_ties() {
+    pollster::block_on(router_cases(&ctx()));
+}
+
+#[test]
+fn gather_matches_reference() {
+    pollster::block_on(gather_cases(&ctx()));
+}
+
+#[test]
+fn scatter_add_matches_reference() {
+    pollster::block_on(scatter_cases(&ctx()));
+}

@@ -1,0 +1,36 @@
+#![cfg(target_arch = "wasm32")]
+//! The mixture-of-experts kernels (router softmax/top-k, gather, weighted scatter-add) against
+//! their CPU references in Chromium (wgpu's WebGPU backend, SwiftShader on machines without a
+//! GPU), in a dedicated worker as the page runs them. No adapter FAILS these tests.
+//!
+//! Run: `CHROMEDRIVER=/usr/bin/chromedriver cargo test -p crucible --target wasm32-unknown-unknown --test moe_kernels_web`
+
+mod gpu_common;
+mod moe_kernels;
+
+use crucible::gpu::GpuContext;
+use moe_kernels::*;
+use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
+
+wasm_bindgen_test_configure!(run_in_dedicated_worker);
+
+async fn ctx() -> GpuContext {
+    let ctx = GpuContext::new_default().await.unwrap_or_else(|e| panic!("GPU tests need a WebGPU adapter: {e}"));
+    console_log!("adapter: {}", ctx.adapter_summary());
+    ctx
+}
+
+#[wasm_bindgen_test]
+async fn router_matches_reference_for_both_conventions_and_ties() {
+    router_cases(&ctx().await).await;
+}
+
+#[wasm_bindgen_test]
+async fn gather_matches_reference() {
+    gather_cases(&ctx().await).await;
+}
+
+#[wasm_bindgen_test]
+async fn scatter_add_matches_reference() {
+    scatter_cases(&ctx().await).await;
+}
