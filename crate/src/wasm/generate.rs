@@ -19,8 +19,9 @@
 //!
 //! Backends: the CPU path always works; `use_gpu()` uploads the model to WebGPU
 //! (`models::llama_gpu::GpuLlama`: our WGSL kernels, KV cache on the GPU, logits read back each
-//! step) when the browser has an adapter and the model is one the GPU path runs (MoE layers are
-//! not: the CPU keeps them). A GPU failure in the middle of a generation (device lost, an
+//! step) when the browser has an adapter and the model is one the GPU path runs (MoE layers
+//! included: router, experts and shared expert on the GPU, the experts chosen read back from
+//! `GpuLlama::routes` for the heat map). A GPU failure in the middle of a generation (device lost, an
 //! out-of-memory) moves the generation to the CPU: the tokens so far are run through the CPU
 //! model, and the step reports the switch and its reason.
 //!
@@ -370,7 +371,11 @@ impl Generator {
         let gpu_logits = match self.gpu.as_mut() {
             Some(g) => {
                 g.reset();
-                Some(g.forward_last(&prompt_ids).await.map_err(|e| e.to_string()))
+                let r = g.forward_last(&prompt_ids).await.map_err(|e| e.to_string());
+                if moe && r.is_ok() {
+                    experts = json!((0..t).map(|i| trace_json(g.routes(), i, true)).collect::<Vec<_>>());
+                }
+                Some(r)
             }
             None => None,
         };
@@ -427,10 +432,19 @@ impl Generator {
                 // The token was drawn but not yet run: run it for its experts (heat map).
                 let (_, trace) = Generator::forward(&self.model, &[next], &mut s.cache, true)?;
                 experts = trace_json(&trace, 0, true);
+            } else if moe && let Some(g) = self.gpu.as_mut() {
+                // The same on the GPU. The generation is over: a failure here only leaves this
+                // token's heat-map column empty (its text is already out), so it is not an error.
+                if g.forward_last(&[next]).await.is_ok() {
+                    experts = trace_json(g.routes(), 0, true);
+                }
             }
         } else if let Some(g) = self.gpu.as_mut() {
             match g.forward_last(&[next]).await {
-                Ok(l) => s.next_logits = l,
+                Ok(l) => {
+                    s.next_logits = l;
+                    experts = trace_json(g.routes(), 0, moe);
+                }
                 Err(e) => {
                     let l = self.fall_back(e.to_string())?;
                     fallback = json!(self.cpu_reason);
