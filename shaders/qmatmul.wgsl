@@ -95,6 +95,15 @@ fn main(
     let tx = lid % 8u;
     let ty = lid / 8u;
     let nb = params.k / 32u;
+    // Tokens of this thread that exist (ty + 8u < T − t0): a short prefill (T = 5) skips the
+    // multiply-adds of the padding tokens instead of computing 32 and storing 5. No barrier
+    // inside the loops it bounds, and lanes that share ty (lid / 8) share the bound.
+    var nu = 0u;
+    for (var u = 0u; u < 4u; u = u + 1u) {
+        if (t0 + ty + 8u * u < params.t) {
+            nu = u + 1u;
+        }
+    }
 
     var acc: array<array<f32, 4>, 4>;   // [u (token)][s (row)]
     for (var u = 0u; u < 4u; u = u + 1u) {
@@ -158,7 +167,7 @@ fn main(
                 wv[s] = w_tile[kk * TR + tx + 8u * s];
                 xv[s] = x_tile[kk * TT + ty + 8u * s];
             }
-            for (var u = 0u; u < 4u; u = u + 1u) {
+            for (var u = 0u; u < nu; u = u + 1u) {
                 for (var s = 0u; s < 4u; s = s + 1u) {
                     acc[u][s] = acc[u][s] + xv[u] * wv[s];
                 }

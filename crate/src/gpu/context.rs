@@ -76,6 +76,22 @@ pub struct GpuContext {
     pipelines: Mutex<HashMap<&'static str, Arc<wgpu::ComputePipeline>>>,
     pool: Arc<Mutex<BufferPool>>,
     sink: Arc<Mutex<ErrorSink>>,
+    /// Bind groups (with their Meta uniforms) reused across dispatches with the same kernel,
+    /// Meta bytes and bindings; None (the default) = a fresh uniform + bind group per dispatch.
+    /// Enabled by long-lived users ([`GpuContext::enable_bind_cache`]).
+    bind_cache: Mutex<Option<BindCache>>,
+}
+
+/// Key of a cached bind group: kernel, Meta bytes, (buffer, offset, size) of each binding. The
+/// key holds the buffers (cheap handles), so a buffer id cannot be reused while it is cached.
+type BindKey = (&'static str, Vec<u8>, Vec<(wgpu::Buffer, u64, Option<wgpu::BufferSize>)>);
+
+/// See [`GpuContext::enable_bind_cache`].
+struct BindCache {
+    map: HashMap<BindKey, wgpu::BindGroup>,
+    cap: usize,
+    hits: u64,
+    misses: u64,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -136,7 +152,71 @@ impl GpuContext {
             pipelines: Mutex::new(HashMap::new()),
             pool,
             sink,
+            bind_cache: Mutex::new(None),
         }
+    }
+
+    /// From now on, dispatches recorded through `ops::record` reuse the bind group and Meta
+    /// uniform of an earlier dispatch with the same kernel, Meta bytes and bindings (same
+    /// buffers, offsets, sizes) instead of creating a uniform buffer and a bind group each
+    /// time: a model's per-token graph repeats almost every dispatch. At most `cap` entries are
+    /// kept (all are dropped when full: per-position dispatches such as RoPE's do not repeat).
+    /// Cached entries keep their buffers alive until [`GpuContext::clear_bind_cache`] or drop.
+    pub fn enable_bind_cache(&self, cap: usize) {
+        let mut c = self.bind_cache.lock().unwrap_or_else(|p| p.into_inner());
+        *c = Some(BindCache { map: HashMap::new(), cap: cap.max(1), hits: 0, misses: 0 });
+    }
+
+    /// Drops every cached bind group (keeps the cache enabled if it was).
+    pub fn clear_bind_cache(&self) {
+        if let Some(c) = self.bind_cache.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            c.map.clear();
+        }
+    }
+
+    /// (hits, misses, entries) of the bind-group cache; None when it is not enabled.
+    pub fn bind_cache_stats(&self) -> Option<(u64, u64, usize)> {
+        self.bind_cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|c| (c.hits, c.misses, c.map.len()))
+    }
+
+    /// The bind group of `kernel` for (`meta`, `buffers`): from the cache when enabled and
+    /// present, else a new Meta uniform (binding 0) + bind group (bindings 1..), cached when
+    /// enabled.
+    pub(crate) fn meta_bind_group(
+        &self,
+        kernel: &'static str,
+        pipeline: &wgpu::ComputePipeline,
+        meta: &[u8],
+        buffers: &[wgpu::BufferBinding<'_>],
+    ) -> wgpu::BindGroup {
+        let make = || {
+            use wgpu::util::DeviceExt;
+            let meta_buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(&format!("{kernel}.meta")),
+                contents: meta,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+            let mut bindings = Vec::with_capacity(buffers.len() + 1);
+            bindings.push(meta_buf.as_entire_buffer_binding());
+            bindings.extend(buffers.iter().cloned());
+            self.bind_group(&format!("{kernel}.bind"), pipeline, &bindings)
+        };
+        let mut guard = self.bind_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(cache) = guard.as_mut() else {
+            return make();
+        };
+        let key: BindKey = (kernel, meta.to_vec(), buffers.iter().map(|b| (b.buffer.clone(), b.offset, b.size)).collect());
+        if let Some(bg) = cache.map.get(&key) {
+            cache.hits += 1;
+            return bg.clone();
+        }
+        cache.misses += 1;
+        if cache.map.len() >= cache.cap {
+            cache.map.clear();
+        }
+        let bg = make();
+        cache.map.insert(key, bg.clone());
+        bg
     }
 
     /// Opens the default adapter: natively Vulkan/GL (honours `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`,

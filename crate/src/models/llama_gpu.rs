@@ -25,12 +25,10 @@
 //! dequantized in the kernels; every weight is split by rows to fit the storage binding limit);
 //! the activations are pooled buffers taken once per model and reused for every token.
 //!
-//! Prefill: batched (T tokens per encoder, attention over T query rows at once) when every
-//! quantized weight's row length and row count are multiples of the device's
-//! `min_storage_buffer_offset_alignment` in floats (so per-token `qmatvec` bindings sit on aligned
-//! offsets; 256 bytes = 64 floats on most GPUs, 16 bytes on lavapipe) and every f32 weight fits
-//! one binding; otherwise token by token. `qmatvec` is a matrix–vector kernel, so a batched prefill still reads
-//! each quantized weight once per token; a quantized matrix–matrix kernel is future work.
+//! Prefill: batched (T tokens per encoder, attention over T query rows at once) when every f32
+//! weight fits one binding (quantized weights always batch); otherwise token by token. Batched
+//! quantized products run `ops::qmatmul` (each weight tile dequantized once per 32 tokens and
+//! reused across them); single-token steps run `ops::qmatvec`.
 
 use crate::gpu::{GpuContext, GpuError, PooledBuffer};
 use crate::models::llama::{Linear, LlamaModel, WeightStorage};
@@ -39,7 +37,7 @@ use crate::models::moe::{ExpertChoice, ExpertTrace, Mlp, MoeBlock};
 use crate::ops::{moe, router};
 use crate::ops::embed::{EmbedTable, GpuEmbedTable, persistent_storage};
 use crate::ops::attention::{self, AttentionParams, GpuKvCache};
-use crate::ops::{OpError, add, matmul, qmatvec, rmsnorm, rope, swiglu};
+use crate::ops::{OpError, add, matmul, qmatmul, qmatvec, rmsnorm, rope, swiglu};
 use crate::posenc::rope::{RopeFreqs, RopeLayout, RopeScaling};
 use crate::tensor::quant::SplitBlocks;
 
@@ -123,17 +121,20 @@ fn range(buf: &wgpu::Buffer, offset: usize, len: usize) -> wgpu::BufferBinding<'
     wgpu::BufferBinding { buffer: buf, offset: offset as u64 * 4, size: wgpu::BufferSize::new(len.max(1) as u64 * 4) }
 }
 
-/// Whether T > 1 rows of y = x·Wᵀ over `table` (out, inp) can be recorded in one go (module docs).
-fn batchable(table: &GpuEmbedTable, align_floats: usize) -> bool {
+/// Whether T > 1 rows of y = x·Wᵀ over `table` (out, inp) can be recorded in one go (module docs):
+/// f32 weights in one binding; quantized weights always (`qmatmul` binds X and Y whole and
+/// writes each chunk's columns through its Meta, so no binding sits at an offset).
+fn batchable(table: &GpuEmbedTable, _align_floats: usize) -> bool {
     match table.format {
         None => table.chunks.len() == 1,
-        Some(_) => table.h.is_multiple_of(align_floats) && table.vocab.is_multiple_of(align_floats),
+        Some(_) => true,
     }
 }
 
 /// Records y (t, n) = x (t, k) · Wᵀ for W = `table` (n rows of k). Caller guarantees t == 1 or
-/// [`batchable`]. Quantized: one `qmatvec` per token and chunk (x and y bound at that token's
-/// offsets); f32: one `matmul` (one chunk) or one per chunk (t = 1, columns at row0).
+/// [`batchable`]. Quantized: t = 1 one `qmatvec` per chunk, t > 1 one `qmatmul` per chunk (each
+/// weight tile dequantized once per 32 tokens; y columns at row0 via Meta.y0); f32: one `matmul`
+/// (one chunk) or one per chunk (t = 1, columns at row0).
 fn encode_table(ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, table: &GpuEmbedTable, t: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<(), OpError> {
     let (k, n) = (table.h, table.vocab);
     match table.format {
@@ -142,6 +143,24 @@ fn encode_table(ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, table: &GpuEmb
                 let meta = matmul::Meta { m: t as u32, n: c.rows as u32, k: k as u32, _pad: 0 };
                 let out = if table.chunks.len() == 1 { range(y, 0, t * n) } else { range(y, c.row0, c.rows) };
                 matmul::encode(ctx, enc, &meta, range(x, 0, t * k), range(&c.table, 0, c.rows * k), out)?;
+            }
+        }
+        Some(f) if t > 1 => {
+            let code = qmatvec::format_code(f);
+            let nb = k / 32;
+            for c in &table.chunks {
+                let meta = qmatmul::Meta { t: t as u32, rows: c.rows as u32, k: k as u32, format: code, ldy: n as u32, y0: c.row0 as u32, _pad: [0; 2] };
+                let sb = c.rows * nb;
+                qmatmul::encode(
+                    ctx,
+                    enc,
+                    &meta,
+                    range(&c.scales, 0, sb),
+                    range(c.mins.as_ref().unwrap_or(&c.scales), 0, sb),
+                    range(&c.table, 0, sb * f.quant_words()),
+                    range(x, 0, t * k),
+                    range(y, 0, t * n),
+                )?;
             }
         }
         Some(f) => {
@@ -370,6 +389,14 @@ impl GpuLlama {
         let freqs = c.rope.freqs(None);
         let inv_freq = persistent_storage(&ctx, "rope.inv_freq", bytemuck::cast_slice(&freqs.inv_freq))?;
         let cache = GpuKvCache::new(&ctx, c.num_hidden_layers, nkv, hd, opts.max_context)?;
+        // Per-token dispatches repeat (same weights, scratch ranges and Meta for every decode
+        // step but RoPE / attention, whose position changes): reuse their uniforms and bind
+        // groups instead of creating ~15 per layer per token. 64 per layer covers one decode
+        // step's and one prefill chunk's dispatches; the cache empties itself when full.
+        // CRUCIBLE_BIND_CACHE=0 turns it off (to measure what it saves).
+        if std::env::var("CRUCIBLE_BIND_CACHE").as_deref() != Ok("0") {
+            ctx.enable_bind_cache(64 * c.num_hidden_layers.max(1) + 256);
+        }
 
         let align = (ctx.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
         let head_batchable = batchable(head.as_ref().map_or(&embed, |hl| &hl.table), align);

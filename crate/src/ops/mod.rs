@@ -55,6 +55,7 @@ impl<T> GpuResultExt<T> for Result<T, GpuError> {
 /// Records one dispatch of `kernel` into `encoder` (nothing is submitted): the cached pipeline,
 /// `meta` as a uniform at binding 0, then `buffers` at bindings 1.., over an (x, y) grid.
 /// Every op's `encode` ends here, so labels follow one scheme: `KERNEL.meta`, `KERNEL.bind`.
+/// Bind groups are reused across calls where the context enables it (`enable_bind_cache`).
 pub(crate) fn record<M: bytemuck::Pod>(
     ctx: &crate::gpu::GpuContext,
     encoder: &mut wgpu::CommandEncoder,
@@ -65,11 +66,9 @@ pub(crate) fn record<M: bytemuck::Pod>(
     grid: (u32, u32),
 ) -> Result<(), OpError> {
     let pipeline = ctx.pipeline(kernel, wgsl).op(kernel)?;
-    let meta_buf = ctx.meta_uniform(&format!("{kernel}.meta"), meta);
-    let mut bindings = Vec::with_capacity(buffers.len() + 1);
-    bindings.push(meta_buf.as_entire_buffer_binding());
-    bindings.extend(buffers.iter().cloned());
-    let bind = ctx.bind_group(&format!("{kernel}.bind"), &pipeline, &bindings);
+    // A new Meta uniform + bind group, or a cached one when the context caches them
+    // (GpuContext::enable_bind_cache: same kernel, Meta bytes and bindings).
+    let bind = ctx.meta_bind_group(kernel, &pipeline, bytemuck::bytes_of(meta), buffers);
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some(kernel),
         timestamp_writes: None,
