@@ -3,7 +3,10 @@
 //!
 //! `MergeJob` merges a tensor of an elementwise method (`merge::run::elementwise`: linear,
 //! task_arithmetic, nearswap, passthrough, and the task-vector family when nothing is sparsified)
-//! in element chunks when it is larger than the chunk size; everything else stays whole. Here every
+//! in element chunks when it is larger than the chunk size, and so does it for the multi-pass
+//! methods (`merge::run::multipass`: slerp; ties, breadcrumbs, breadcrumbs_ties when sparsified:
+//! whole-tensor norms, dots and magnitude ranks in passes over the chunks first); everything else
+//! stays whole. Here every
 //! recipe of the mergekit golden fixtures (`tests/fixtures/merge`, made by
 //! `scripts/fixtures/make_merge_fixtures.py`) plus a dense TIES recipe runs twice: through
 //! `run_merge` (default chunk of 4 Mi elements: these tiny tensors are never chunked) and through
@@ -20,7 +23,7 @@ use crucible::merge::MergeInputs;
 use crucible::merge::plan::PlannedTensor;
 use crucible::merge::recipe::Recipe;
 use crucible::merge::rng::SeededRandomness;
-use crucible::merge::run::{MergeJob, MergeObserver, MergeOptions, Step, elementwise, run_merge};
+use crucible::merge::run::{MergeJob, MergeObserver, MergeOptions, Step, elementwise, multipass, run_merge, streams};
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/merge")
@@ -81,6 +84,18 @@ fn recipes() -> Vec<(String, String)> {
         .collect();
     v.sort();
     // TIES with nothing trimmed (density 1): sign election and the disjoint mean are per element.
+    // Multi-pass streaming: rescale (a third pass), bf16 task vectors (many equal magnitudes: the
+    // rank ties are broken by index across chunks), a model trimmed to nothing, breadcrumbs with
+    // rescale, slerp in bf16.
+    let gta = |method: &str, dtype: &str, sfx: &str, a: &str, b: &str, global: &str| {
+        format!(
+            "merge_method: {method}\nbase_model: models/base{sfx}\nmodels:\n  - model: models/ft_a{sfx}\n    parameters: {{{a}}}\n  - model: models/ft_b{sfx}\n    parameters: {{{b}}}\nparameters: {{{global}}}\ndtype: {dtype}\n"
+        )
+    };
+    v.push(("ties_rescale_bf16".into(), gta("ties", "bfloat16", "_bf16", "weight: 1.0, density: 0.4", "weight: 0.6, density: 0.6", "rescale: true")));
+    v.push(("ties_density_0_lambda".into(), gta("ties", "float32", "", "weight: 1.0, density: 0.0", "weight: 0.6, density: 0.25", "lambda: 0.8, normalize: false")));
+    v.push(("breadcrumbs_ties_rescale_bf16".into(), gta("breadcrumbs_ties", "bfloat16", "_bf16", "weight: 1.0, density: 0.5, gamma: 0.1", "weight: 0.5, density: 0.9, gamma: 0.0", "rescale: true")));
+    v.push(("slerp_bf16".into(), "merge_method: slerp\nbase_model: models/base_bf16\nmodels:\n  - model: models/ft_a_bf16\nparameters: {t: 0.6}\ndtype: bfloat16\n".into()));
     v.push((
         "ties_density_1".into(),
         "merge_method: ties\nbase_model: models/base\nmodels:\n  - model: models/ft_a\n    parameters: {weight: 1.0, density: 1.0}\n  - model: models/ft_b\n    parameters: {weight: -0.7}\ndtype: bfloat16\n".into(),
@@ -95,6 +110,7 @@ fn chunked_merges_write_the_same_bytes_as_whole_ones() {
     let _ = std::fs::remove_dir_all(&root);
     let mut fails = Vec::new();
     let mut chunked_recipes = 0;
+    let mut multipass_recipes = Vec::new();
     for (name, yaml) in recipes() {
         let recipe = Recipe::from_yaml(&yaml).unwrap_or_else(|e| panic!("{name}: {e}"));
         let shard = if name == "linear_sharded_out" { Some(20000) } else { None };
@@ -106,7 +122,8 @@ fn chunked_merges_write_the_same_bytes_as_whole_ones() {
             let dir = root.join(format!("{name}-chunk{chunk}"));
             let mut job = MergeJob::new(&recipe, &mut opener(&fix), Box::new(DirOutput::new(&dir)), shard).unwrap();
             job.set_chunk_elements(chunk);
-            let expect_chunks = job.plan().tensors.iter().any(|t| elementwise(t) && t.numel() > chunk);
+            let expect_chunks = job.plan().tensors.iter().any(|t| streams(t) && t.numel() > chunk);
+            let expect_passes = job.plan().tensors.iter().any(|t| multipass(t) && t.numel() > chunk);
             let mut rng = SeededRandomness::new(42);
             let mut cov = Coverage::default();
             let (mut chunk_steps, mut tensor_steps) = (0, 0);
@@ -130,6 +147,9 @@ fn chunked_merges_write_the_same_bytes_as_whole_ones() {
             if chunk == 7 && expect_chunks {
                 chunked_recipes += 1;
             }
+            if chunk == 7 && expect_passes {
+                multipass_recipes.push(name.clone());
+            }
             let got = files(&dir);
             if got.keys().collect::<Vec<_>>() != whole.keys().collect::<Vec<_>>() {
                 fails.push(format!("{name} chunk {chunk}: files {:?} vs {:?}", got.keys().collect::<Vec<_>>(), whole.keys().collect::<Vec<_>>()));
@@ -144,6 +164,10 @@ fn chunked_merges_write_the_same_bytes_as_whole_ones() {
     let _ = std::fs::remove_dir_all(&root);
     // linear ×9, task_arithmetic ×4, nearswap, passthrough, ties_density_1 at least.
     assert!(chunked_recipes >= 15, "only {chunked_recipes} recipes were chunked");
+    // slerp ×5 (+ bf16), ties ×3 (+ 2), breadcrumbs, breadcrumbs_ties (+ 1) stream in passes.
+    for want in ["slerp", "slerp_gradient", "slerp_out_f16", "slerp_slices", "slerp_tied", "slerp_bf16", "ties", "ties_gradient", "ties_sharded_in", "ties_rescale_bf16", "ties_density_0_lambda", "breadcrumbs", "breadcrumbs_ties", "breadcrumbs_ties_rescale_bf16"] {
+        assert!(multipass_recipes.iter().any(|r| r == want), "{want} did not stream in passes: {multipass_recipes:?}");
+    }
     assert!(fails.is_empty(), "{}", fails.join("\n"));
 }
 

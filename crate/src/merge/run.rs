@@ -14,6 +14,11 @@
 //! written in element chunks ([`elementwise`] says which tensors qualify), so their memory is
 //! (#models + 2) × one chunk whatever the tensor size; the bytes are identical to a whole-tensor
 //! merge because every output element depends only on the same element of each input.
+//! `slerp` and the magnitude-ranked sparsifiers (`ties`, `breadcrumbs`, `breadcrumbs_ties`)
+//! stream too ([`multipass`], `methods::streaming`): before a large tensor's first chunk is
+//! merged, its inputs are read chunk by chunk two or three times (norms and dot; rank histograms
+//! and L1 norms), then every chunk is merged with those whole-tensor values: same bytes, memory
+//! (#models + 2) × one chunk plus 768 KiB of histograms per sparsified model.
 //!
 //! Driving: [`MergeJob`] holds an opened, planned merge and advances it one tensor (or one chunk)
 //! per [`MergeJob::step`], so the page's worker can await asynchronous disk writes between steps;
@@ -35,6 +40,7 @@ use crate::formats::io::{ByteSink, IoError};
 use crate::formats::safetensors::FormatError;
 use crate::formats::sharded::{DEFAULT_SHARD_SIZE, ShardedLayout, ShardedWriter};
 use crate::merge::Scalar;
+use crate::merge::methods::streaming::{MultiPass, streams_in_passes};
 use crate::merge::methods::{Method, MethodReport, merge_tensor_report};
 use crate::merge::plan::{ModelSummary, Plan, PlanError, PlannedTensor, TensorMeta, build_plan};
 use crate::merge::recipe::{Layout, Parameters, Recipe, RecipeError, Setting, TokenizerSource};
@@ -268,6 +274,51 @@ pub fn elementwise(t: &PlannedTensor) -> bool {
     }
 }
 
+/// Whether `t` is merged in element chunks with several passes over its inputs
+/// (`methods::streaming`): `slerp` (norms, then the dot, then the output), and `ties`,
+/// `breadcrumbs`, `breadcrumbs_ties` when something is sparsified (exact radix selection of the
+/// magnitude ranks, then the output). Same bytes as whole; memory a few chunks.
+pub fn multipass(t: &PlannedTensor) -> bool {
+    !elementwise(t) && streams_in_passes(t.method)
+}
+
+/// Whether `t` streams in element chunks at all ([`elementwise`] or [`multipass`]) when it is
+/// larger than the chunk size.
+pub fn streams(t: &PlannedTensor) -> bool {
+    elementwise(t) || multipass(t)
+}
+
+/// Read every input of `t` (elements `range`, else whole) into `bufs`, cast to the load dtype.
+#[allow(clippy::result_large_err)]
+fn read_inputs(checkpoints: &mut [Checkpoint], index_of: &HashMap<String, usize>, t: &PlannedTensor, bufs: &mut [Vec<f32>], range: Option<(usize, usize)>) -> Result<(), RunError> {
+    for (input, buf) in t.inputs.iter().zip(bufs.iter_mut()) {
+        let ck = &mut checkpoints[index_of[input.model.as_str()]];
+        let read = match range {
+            Some((start, len)) => ck.read_range(&input.tensor, start, len, buf),
+            None => ck.read(&input.tensor, buf),
+        };
+        read.map_err(|source| RunError::Read { tensor: t.name.clone(), input: input.tensor.clone(), model: input.model.clone(), source })?;
+        if input.file_dtype != t.load_dtype {
+            // mergekit casts on load (`x.to(dtype)`): round to the load dtype.
+            let d = t.load_dtype;
+            buf.iter_mut().for_each(|v| *v = d.round(*v));
+        }
+    }
+    Ok(())
+}
+
+/// The method's view of the buffers just read (`shape`: the tensor's, or `[chunk length]`).
+fn inputs_of<'a>(t: &'a PlannedTensor, bufs: &'a [Vec<f32>], shape: &'a [usize]) -> MergeInputs<'a> {
+    MergeInputs {
+        tensor: &t.name,
+        shape,
+        dtype: t.load_dtype,
+        models: t.inputs.iter().zip(bufs.iter()).map(|(i, b)| ModelTensor { model: &i.model, data: b, params: &i.params }).collect(),
+        base: t.base,
+        global: &t.global,
+    }
+}
+
 /// One parameter setting as the model card shows it.
 fn describe_setting(s: &Setting) -> String {
     match s {
@@ -456,6 +507,8 @@ pub struct MergeJob<'o> {
     offset: usize,
     done_bytes: u64,
     chunk: usize,
+    /// The multi-pass streaming state of the tensor being merged in chunks, if it needs one.
+    multipass: Option<MultiPass>,
 }
 
 impl<'o> MergeJob<'o> {
@@ -570,6 +623,7 @@ impl<'o> MergeJob<'o> {
             offset: 0,
             done_bytes: 0,
             chunk: CHUNK_ELEMENTS,
+            multipass: None,
         })
     }
 
@@ -601,28 +655,37 @@ impl<'o> MergeJob<'o> {
         let writer = self.writer.as_mut().ok_or_else(|| RunError::Invalid("the merge is already finished".into()))?;
         let t = &self.plan.tensors[self.order[self.pos]];
         let numel = t.numel();
-        let chunked = numel > self.chunk && elementwise(t);
+        let chunked = numel > self.chunk && streams(t);
         let (start, len) = if chunked { (self.offset, self.chunk.min(numel - self.offset)) } else { (0, numel) };
-        for (input, buf) in t.inputs.iter().zip(self.bufs.iter_mut()) {
-            let ck = &mut self.checkpoints[self.index_of[input.model.as_str()]];
-            let read = if chunked { ck.read_range(&input.tensor, start, len, buf) } else { ck.read(&input.tensor, buf) };
-            read.map_err(|source| RunError::Read { tensor: t.name.clone(), input: input.tensor.clone(), model: input.model.clone(), source })?;
-            if input.file_dtype != t.load_dtype {
-                // mergekit casts on load (`x.to(dtype)`): round to the load dtype.
-                let d = t.load_dtype;
-                buf.iter_mut().for_each(|v| *v = d.round(*v));
+        if chunked && start == 0 && multipass(t) {
+            // The passes over the whole tensor (norms, dots, rank histograms), chunk by chunk,
+            // before its first chunk is merged.
+            self.multipass = None;
+            read_inputs(&mut self.checkpoints, &self.index_of, t, &mut self.bufs, Some((0, len)))?;
+            let shape = [len];
+            let mp = MultiPass::new(t.method, &inputs_of(t, &self.bufs, &shape), numel)?;
+            if let Some(mut mp) = mp {
+                for pass in 0..mp.passes() {
+                    for s in (0..numel).step_by(self.chunk) {
+                        let l = self.chunk.min(numel - s);
+                        read_inputs(&mut self.checkpoints, &self.index_of, t, &mut self.bufs, Some((s, l)))?;
+                        let shape = [l];
+                        mp.feed(pass, &inputs_of(t, &self.bufs, &shape))?;
+                    }
+                    mp.finish_pass(pass);
+                }
+                self.multipass = Some(mp);
+            } else {
+                return Err(RunError::Invalid(format!("tensor {}: method {} cannot be streamed in passes", t.name, t.method.name())));
             }
         }
+        read_inputs(&mut self.checkpoints, &self.index_of, t, &mut self.bufs, chunked.then_some((start, len)))?;
         let chunk_shape = [len];
-        let inputs = MergeInputs {
-            tensor: &t.name,
-            shape: if chunked { &chunk_shape } else { &t.shape },
-            dtype: t.load_dtype,
-            models: t.inputs.iter().zip(self.bufs.iter()).map(|(i, b)| ModelTensor { model: &i.model, data: b, params: &i.params }).collect(),
-            base: t.base,
-            global: &t.global,
+        let inputs = inputs_of(t, &self.bufs, if chunked { &chunk_shape } else { &t.shape });
+        let (merged, method_report) = match self.multipass.as_mut() {
+            Some(mp) if chunked => mp.merge_chunk(&inputs)?,
+            _ => merge_tensor_report(t.method, &inputs, rng)?,
         };
-        let (merged, method_report) = merge_tensor_report(t.method, &inputs, rng)?;
         if merged.len() != len {
             return Err(RunError::Invalid(format!("tensor {}: method {} returned {} values for shape {:?}", t.name, t.method.name(), merged.len(), inputs.shape)));
         }
@@ -645,6 +708,7 @@ impl<'o> MergeJob<'o> {
         }
         self.done_bytes += t.out_bytes();
         self.offset = 0;
+        self.multipass = None;
         self.pos += 1;
         Ok(Step::Tensor(Progress { done_tensors: self.pos, total_tensors, done_bytes: self.done_bytes, total_bytes, tensor: t.name.clone() }))
     }

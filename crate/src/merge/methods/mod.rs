@@ -39,6 +39,7 @@ mod passthrough;
 mod sce;
 mod slerp;
 pub mod sparsify;
+pub mod streaming;
 mod task_arithmetic;
 
 use serde::Serialize;

@@ -16,9 +16,30 @@
 use super::{Ctx, MethodReport, norm_f32, sum_f32};
 use crate::merge::MergeError;
 
-const CHUNK: usize = 1024 * 1024;
+/// Elements per norm / dot partial sum (mergekit's chunking; `streaming.rs` follows it too).
+pub(super) const CHUNK: usize = 1024 * 1024;
 const DOT_THRESHOLD: f32 = 0.9995;
 const EPS: f32 = 1e-8;
+
+/// `torch.where(norm > eps, norm, 1)`: NaN norms also become 1.
+pub(super) fn usable_norm(n: f32) -> f32 {
+    if n.is_nan() || n <= EPS { 1.0 } else { n }
+}
+
+/// The interpolation coefficients `(c_a, c_b)` and the angle θ for the (unclamped) dot of the
+/// normalized operands: clamped to [-1, 1]; `|dot| > 0.9995` falls back to lerp.
+pub(super) fn coefficients(t: f32, dot: f32) -> (f32, f32, f32) {
+    let dot = dot.clamp(-1.0, 1.0);
+    let angle = libm::acosf(dot);
+    let (ca, cb) = if dot.abs() > DOT_THRESHOLD {
+        (1.0 - t, t)
+    } else {
+        let theta = libm::acosf(dot);
+        let sin_theta = libm::sinf(theta);
+        (libm::sinf((1.0 - t) * theta) / sin_theta, libm::sinf(t * theta) / sin_theta)
+    };
+    (ca, cb, angle)
+}
 
 pub(super) fn merge(ctx: &Ctx, report: &mut MethodReport) -> Result<Vec<f32>, MergeError> {
     let t = ctx.global_f64("t")? as f32;
@@ -44,28 +65,13 @@ pub(crate) fn slerp_angle(t: f32, a: &[f32], b: &[f32]) -> (Vec<f32>, Option<f32
     if a.is_empty() {
         return (Vec::new(), None);
     }
-    let mut na = chunked_norm(a);
-    let mut nb = chunked_norm(b);
-    // torch.where(norm > eps, norm, 1): NaN norms also become 1
-    if na.is_nan() || na <= EPS {
-        na = 1.0;
-    }
-    if nb.is_nan() || nb <= EPS {
-        nb = 1.0;
-    }
+    let na = usable_norm(chunked_norm(a));
+    let nb = usable_norm(chunked_norm(b));
     let mut dot = 0.0f32;
     for (ca, cb) in a.chunks(CHUNK).zip(b.chunks(CHUNK)) {
         dot += sum_f32(ca.iter().zip(cb).map(|(&x, &y)| (x / na) * (y / nb)));
     }
-    let dot = dot.clamp(-1.0, 1.0);
-    let angle = libm::acosf(dot);
-    let (ca, cb) = if dot.abs() > DOT_THRESHOLD {
-        (1.0 - t, t)
-    } else {
-        let theta = libm::acosf(dot);
-        let sin_theta = libm::sinf(theta);
-        (libm::sinf((1.0 - t) * theta) / sin_theta, libm::sinf(t * theta) / sin_theta)
-    };
+    let (ca, cb, angle) = coefficients(t, dot);
     (a.iter().zip(b).map(|(&x, &y)| ca * x + cb * y).collect(), Some(angle))
 }
 

@@ -47,12 +47,12 @@ pub fn rescale_l1(orig: &[f32], masked: &mut [f32], w: DType) {
 
 /// Python `int(x)` for a finite float: truncation toward zero (saturating far outside the
 /// range any tensor size can reach; i128 keeps the later arithmetic overflow-free).
-fn py_int(x: f64) -> i128 {
+pub(super) fn py_int(x: f64) -> i128 {
     x.trunc().clamp(-1e30, 1e30) as i128
 }
 
 /// The element range of Python's `seq[start:end]` on a sequence of `len` elements.
-fn py_slice(len: usize, start: i128, end: i128) -> std::ops::Range<usize> {
+pub(super) fn py_slice(len: usize, start: i128, end: i128) -> std::ops::Range<usize> {
     let clip = |i: i128| -> usize {
         let i = if i < 0 { i + len as i128 } else { i };
         i.clamp(0, len as i128) as usize
@@ -65,7 +65,7 @@ fn py_slice(len: usize, start: i128, end: i128) -> std::ops::Range<usize> {
 pub type Draw<'a> = dyn FnMut(usize, &dyn Fn(usize) -> f32) -> Vec<bool> + 'a;
 
 /// Index vectors are u32 (half the memory of usize for embedding-sized tensors).
-fn check_len(n: usize) -> Result<(), SparsifyError> {
+pub(super) fn check_len(n: usize) -> Result<(), SparsifyError> {
     if n > u32::MAX as usize {
         return Err(SparsifyError { param: None, message: format!("tensor has {n} elements; at most {} are supported", u32::MAX) });
     }
@@ -145,6 +145,53 @@ pub fn magnitude(d: &[f32], density: f64, rescale: bool, dt: DType) -> Result<Ve
         rescale_l1(d, &mut out, dt);
     }
     Ok(out)
+}
+
+/// What a rank-based sparsifier keeps of a tensor of `n` elements, decided from its parameters
+/// and `n` alone (the streamed form of [`magnitude`] / [`magnitude_outliers`], `streaming.rs`).
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum RankPlan {
+    /// Unchanged (ρ ≥ 1): no mask, no rescale.
+    All,
+    /// All zeros (TIES with ρ ≤ 0): no rescale.
+    Zero,
+    /// The elements at positions `range` of the total order by key (`descending`: `!abs_key`,
+    /// i.e. |d| descending; else `abs_key`), ties by index; then the optional L1 rescale.
+    Range { descending: bool, range: std::ops::Range<usize> },
+}
+
+/// [`magnitude`]'s decision for `n` elements (same errors, same k).
+pub(super) fn magnitude_plan(n: usize, density: f64) -> Result<RankPlan, SparsifyError> {
+    if density.is_nan() {
+        return Err(SparsifyError { param: Some("density"), message: "must be a number, got NaN".into() });
+    }
+    if density >= 1.0 {
+        return Ok(RankPlan::All);
+    }
+    if density <= 0.0 || n == 0 {
+        return Ok(RankPlan::Zero);
+    }
+    check_len(n)?;
+    let k = py_int(density * n as f64).max(1) as usize;
+    Ok(RankPlan::Range { descending: true, range: 0..k.min(n) })
+}
+
+/// [`magnitude_outliers`]'s decision for `n` elements (same errors, same range).
+pub(super) fn outliers_plan(n: usize, density: f64, gamma: f64) -> Result<RankPlan, SparsifyError> {
+    if density.is_nan() {
+        return Err(SparsifyError { param: Some("density"), message: "must be a number, got NaN".into() });
+    }
+    if !gamma.is_finite() {
+        return Err(SparsifyError { param: Some("gamma"), message: format!("must be a finite number, got {gamma}") });
+    }
+    if density >= 1.0 {
+        return Ok(RankPlan::All);
+    }
+    check_len(n)?;
+    let target = py_int(density * n as f64);
+    let n_top = py_int(gamma * n as f64);
+    let n_bot = (n as i128 - target - n_top).max(0);
+    Ok(RankPlan::Range { descending: false, range: py_slice(n, n_bot, n_bot + target) })
 }
 
 /// Breadcrumbs (0.1.5, fixed indexing): sort |d| ascending, keep sorted positions

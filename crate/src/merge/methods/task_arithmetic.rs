@@ -29,7 +29,7 @@ use crate::merge::MergeError;
 use crate::merge::rng::Randomness;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Sparsifier {
+pub(super) enum Sparsifier {
     Magnitude,
     Random,
     MagnitudeOutliers,
@@ -37,7 +37,7 @@ enum Sparsifier {
 }
 
 /// (sparsifier, sign consensus) per registered name.
-fn family(m: Method) -> (Option<Sparsifier>, bool) {
+pub(super) fn family(m: Method) -> (Option<Sparsifier>, bool) {
     match m {
         Method::TaskArithmetic => (None, false),
         Method::Ties => (Some(Sparsifier::Magnitude), true),
@@ -51,51 +51,85 @@ fn family(m: Method) -> (Option<Sparsifier>, bool) {
     }
 }
 
-pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness, report: &mut MethodReport) -> Result<Vec<f32>, MergeError> {
+/// One non-base model's resolved parameters (mergekit binds them before computing).
+pub(super) struct ModelParams {
+    pub index: usize,
+    /// `torch.tensor([...], dtype=D)`: the weights are D values.
+    pub weight: f32,
+    pub density: f64,
+    pub gamma: f64,
+    pub epsilon: f64,
+}
+
+/// The method's shared settings and per-model parameters.
+pub(super) struct Settings {
+    pub sparsifier: Option<Sparsifier>,
+    pub consensus: bool,
+    pub normalize: bool,
+    pub rescale: bool,
+    pub lambda: f64,
+    pub params: Vec<ModelParams>,
+}
+
+pub(super) fn settings(ctx: &Ctx) -> Result<Settings, MergeError> {
     let (sparsifier, consensus) = family(ctx.method);
     let _int8_mask = ctx.global_bool("int8_mask")?; // memory layout only in mergekit
     let normalize = ctx.global_bool("normalize")?;
     let rescale = ctx.global_bool("rescale")?;
     let lambda = ctx.global_f64("lambda")?;
-    let base = ctx.base_data().expect("task arithmetic requires a base (checked by Ctx)");
-    if ctx.others.is_empty() {
-        return Ok(base.to_vec());
-    }
     let dt = ctx.dt;
-
     // Resolve every per-model parameter before computing (mergekit binds them up front).
-    struct ModelParams {
-        index: usize,
-        weight: f32,
-        density: f64,
-        gamma: f64,
-        epsilon: f64,
-    }
     let mut params = Vec::with_capacity(ctx.others.len());
     for &i in &ctx.others {
         let weight = ctx.model_f64(i, "weight")?;
         let density = ctx.model_f64(i, "density")?;
         let gamma = if sparsifier == Some(Sparsifier::MagnitudeOutliers) { ctx.model_f64(i, "gamma")? } else { 0.0 };
         let epsilon = if sparsifier == Some(Sparsifier::DellaMagprune) { ctx.model_f64(i, "epsilon")? } else { 0.0 };
-        // torch.tensor([...], dtype=D): the weights are D values
         params.push(ModelParams { index: i, weight: dt.round(weight as f32), density, gamma, epsilon });
     }
+    Ok(Settings { sparsifier, consensus, normalize, rescale, lambda, params })
+}
 
-    // weighted deltas W_i: [N, numel]
-    let mut deltas: Vec<Vec<f32>> = Vec::with_capacity(params.len());
-    for p in &params {
+/// A sparsifier's complaint as a merge error naming tensor, parameter and model.
+pub(super) fn sparsify_error(ctx: &Ctx, model: usize, e: SparsifyError) -> MergeError {
+    match e.param {
+        Some(param) => MergeError::BadParameter {
+            tensor: ctx.tensor().to_string(),
+            param: param.to_string(),
+            message: format!("for model {}: {}", ctx.model_name(model), e.message),
+        },
+        None => ctx.bad_inputs(format!("model {}: {}", ctx.model_name(model), e.message)),
+    }
+}
+
+/// Side channel for the statistics: non-zero entries the sparsifier zeroed.
+pub(super) fn count_trimmed(before: &[f32], after: &[f32], report: &mut MethodReport) {
+    let mut f = Fraction::default();
+    for (&before, &after) in before.iter().zip(after) {
+        let nz = (before != 0.0) as u64;
+        f.whole += nz;
+        f.part += nz & (after == 0.0) as u64;
+    }
+    report.trimmed.get_or_insert_with(Fraction::default).add(f);
+}
+
+pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness, report: &mut MethodReport) -> Result<Vec<f32>, MergeError> {
+    let st = settings(ctx)?;
+    let base = ctx.base_data().expect("task arithmetic requires a base (checked by Ctx)");
+    if ctx.others.is_empty() {
+        return Ok(base.to_vec());
+    }
+    let dt = ctx.dt;
+    let rescale = st.rescale;
+
+    // sparsified deltas d_i: [N, numel]
+    let mut deltas: Vec<Vec<f32>> = Vec::with_capacity(st.params.len());
+    for p in &st.params {
         let x = ctx.data(p.index);
         let delta: Vec<f32> = x.iter().zip(base).map(|(&a, &b)| dt.round(a - b)).collect();
-        let named = |e: SparsifyError| match e.param {
-            Some(param) => MergeError::BadParameter {
-                tensor: ctx.tensor().to_string(),
-                param: param.to_string(),
-                message: format!("for model {}: {}", ctx.model_name(p.index), e.message),
-            },
-            None => ctx.bad_inputs(format!("model {}: {}", ctx.model_name(p.index), e.message)),
-        };
+        let named = |e: SparsifyError| sparsify_error(ctx, p.index, e);
         let mut draw = |n: usize, prob: &dyn Fn(usize) -> f32| rng.keep_mask(ctx.tensor(), p.index, n, prob);
-        let mut delta = match sparsifier {
+        let delta = match st.sparsifier {
             None => delta,
             Some(s) => {
                 let kept = match s {
@@ -106,23 +140,27 @@ pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness, report: &mut MethodRepo
                         sparsify::della_magprune(&delta, ctx.inputs.shape, p.density, p.epsilon, rescale, ctx.dt, &mut draw).map_err(named)?
                     }
                 };
-                // side channel for the statistics: non-zero entries the sparsifier zeroed
-                let mut f = Fraction::default();
-                for (&before, &after) in delta.iter().zip(&kept) {
-                    let nz = (before != 0.0) as u64;
-                    f.whole += nz;
-                    f.part += nz & (after == 0.0) as u64;
-                }
-                report.trimmed.get_or_insert_with(Fraction::default).add(f);
+                count_trimmed(&delta, &kept, report);
                 kept
             }
         };
+        deltas.push(delta);
+    }
+    Ok(combine(ctx, &st, deltas, base, report))
+}
+
+/// Weighting, sign consensus (or plain sum), normalization, lambda and the base: every step is
+/// per element, so `combine` on a chunk of the (sparsified) deltas gives that chunk of the output.
+/// `deltas[i]` belongs to `st.params[i]`; all slices have `ctx.numel` elements.
+pub(super) fn combine(ctx: &Ctx, st: &Settings, mut deltas: Vec<Vec<f32>>, base: &[f32], report: &mut MethodReport) -> Vec<f32> {
+    let dt = ctx.dt;
+    let (params, consensus, normalize, lambda) = (&st.params[..], st.consensus, st.normalize, st.lambda);
+    // weighted deltas W_i: [N, numel]
+    for (delta, p) in deltas.iter_mut().zip(params) {
         for v in delta.iter_mut() {
             *v = dt.round(*v * p.weight);
         }
-        deltas.push(delta);
     }
-
     let n = ctx.numel;
     let mut mixed = vec![0.0f32; n];
     if consensus {
@@ -146,7 +184,7 @@ pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness, report: &mut MethodRepo
             }
             // majority sign of the weighted deltas' sum (0 counts as +; NaN sums elect −)
             sum.iter_mut().for_each(|s| *s = if dt.round(*s) >= 0.0 { 1.0 } else { -1.0 });
-            for (d, p) in deltas.iter().zip(&params) {
+            for (d, p) in deltas.iter().zip(params) {
                 // `(W * mask).sum(0)`, `(weights * mask).sum(0)` with a boolean mask
                 for (((a, v), &x), &majority) in acc.iter_mut().zip(div.iter_mut()).zip(&d[start..end]).zip(sum.iter()) {
                     let m = if sign(x) == majority { 1.0f32 } else { 0.0 };
@@ -186,14 +224,14 @@ pub(super) fn merge(ctx: &Ctx, rng: &mut dyn Randomness, report: &mut MethodRepo
         }
     }
     let lambda32 = lambda as f32;
-    Ok(mixed
+    mixed
         .iter()
         .zip(base)
         .map(|(&m, &b)| {
             let m = if lambda != 1.0 { dt.round(m * lambda32) } else { m };
             dt.round(b + m)
         })
-        .collect())
+        .collect()
 }
 
 /// `torch.sign`: −1, 0 or +1 (NaN stays NaN and so never matches a majority sign).
