@@ -18,6 +18,13 @@
 //!            x += attn·Woᵀ; hs = rmsnorm(x); x += down(silu(gate(hs)) ⊙ up(hs)) (ops::swiglu, ops::add)
 //! rmsnorm(x) → head (embed table when tied) → logits (T, vocab) or the last row only
 //! ```
+//! Sparse MoE layers (Mixtral, Qwen2-MoE; `models::moe`, Mixtral arXiv 2401.04088) replace the
+//! MLP line by: router logits = hs·W_rᵀ (T, E) → ops::router (softmax + top-k, per-style
+//! combine weights) → submit and read the top-k back (2·T·k floats) → `ops::moe::MoePlan` on
+//! the CPU (each expert's tokens) → per expert with tokens: gather (ops::moe) → SwiGLU on the
+//! gathered rows (the linear ops above, ops::swiglu) → weighted scatter-add into y; Qwen2-MoE's
+//! shared expert on every row, scattered with its sigmoid gate; x += y. So an MoE layer costs one
+//! GPU→CPU sync per token chunk; the experts chosen are kept for [`GpuLlama::routes`].
 //! then one submit and one readback of the logits (`GpuContext::read_f32`, which awaits the map:
 //! the same code runs natively under `pollster` and in the browser where mapping is async).
 //!
