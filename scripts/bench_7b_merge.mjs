@@ -2,7 +2,7 @@
 // Scale benchmark: two synthetic checkpoints with Llama-2-7B shapes merged in one headless
 // Chromium tab, reading local files and writing to disk, next to the native CLI on the same files.
 //
-//   node scripts/bench_7b_merge.mjs [--layers N] [--dir DIR] [--sink opfs|folder] [--keep]
+//   node scripts/bench_7b_merge.mjs [--layers N] [--dir DIR] [--sink opfs|folder] [--method linear|ties|slerp] [--keep]
 //   npm run bench:merge7b -- [same options]
 //
 // Shapes (Llama-2-7B, Touvron et al. 2023; HF meta-llama/Llama-2-7b-hf config.json): vocab 32000,
@@ -28,6 +28,8 @@
 // is checked against the CLI's: same files, same sizes, and the same bytes at 16 sampled 1 MiB
 // ranges per file (reading all of it back would double the run). Everything is deleted at the end
 // unless --keep. The last stdout line is JSON with every figure.
+// --method (default linear): `ties` merges b into base a at density 0.5 (weight 1), `slerp` at t 0.5:
+// whole-tensor methods streamed in chunks with passes over the inputs (merge/methods/streaming.rs).
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -46,6 +48,8 @@ const opt = (name, dflt) => {
 };
 const keep = args.includes('--keep');
 const sink = opt('--sink', 'opfs');
+const method = opt('--method', 'linear');
+if (!['linear', 'ties', 'slerp'].includes(method)) throw new Error(`--method ${method}: expected linear, ties or slerp`);
 const work = resolve(opt('--dir', join(ROOT, '.cache/bench7b')));
 if (!['opfs', 'folder'].includes(sink)) throw new Error(`--sink ${sink}: expected opfs or folder`);
 if (!existsSync(join(DIST, 'index.html'))) throw new Error('dist/ is missing: run `npm run build` first');
@@ -180,7 +184,12 @@ writeModel(join(modelsDir, 'b'), 2);
 const inputBytes = ['a', 'b'].flatMap((m) => readdirSync(join(modelsDir, m)).map((f) => statSync(join(modelsDir, m, f)).size)).reduce((a, b) => a + b, 0);
 log(`wrote 2 models, ${(inputBytes / GB).toFixed(2)} GB, in ${((performance.now() - t) / 1000).toFixed(1)} s`);
 
-const yaml = 'merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 0.5}\n  - model: b\n    parameters: {weight: 0.5}\ndtype: bfloat16\n';
+const yaml = {
+  linear: 'merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 0.5}\n  - model: b\n    parameters: {weight: 0.5}\ndtype: bfloat16\n',
+  ties: 'merge_method: ties\nbase_model: a\nmodels:\n  - model: b\n    parameters: {weight: 1.0, density: 0.5}\ndtype: bfloat16\n',
+  slerp: 'merge_method: slerp\nbase_model: a\nmodels:\n  - model: b\nparameters: {t: 0.5}\ndtype: bfloat16\n',
+}[method];
+log(`recipe (${method}): ${JSON.stringify(yaml)}`);
 writeFileSync(join(work, 'recipe.yml'), yaml);
 
 // ------------------------------------------------------------------ native CLI
@@ -345,6 +354,7 @@ try {
     closeSync(fd);
   }
   const result = {
+    method,
     layers,
     model_gb: Number((modelBytes(layers) / GB).toFixed(3)),
     input_gb: Number((inputBytes / GB).toFixed(3)),
@@ -362,7 +372,7 @@ try {
     output_matches_cli: mismatches.length === 0,
     mismatches,
   };
-  console.log(`\n${layers}/${FULL_LAYERS} layers, ${result.input_gb} GB of input (2 × ${result.model_gb} GB bf16), linear merge, output to ${sink}`);
+  console.log(`\n${layers}/${FULL_LAYERS} layers, ${result.input_gb} GB of input (2 × ${result.model_gb} GB bf16), ${method} merge, output to ${sink}`);
   console.log(`              wall      input rate   peak RSS`);
   console.log(`browser   ${wall.toFixed(1).padStart(7)} s  ${result.browser.input_gb_per_s.toFixed(2).padStart(7)} GB/s  ${String(result.browser.peak_rss_mib).padStart(6)} MiB (RSS summed over the browser's ${'processes'}; idle page ${result.browser.idle_rss_mib} MiB)`);
   console.log(`          PSS (shared pages split between processes): peak ${result.browser.peak_pss_mib} MiB, idle ${result.browser.idle_pss_mib} MiB (sampled every 0.5 s)`);
