@@ -1,6 +1,7 @@
 // The merge runs here, off the UI thread. The engine reads the picked files synchronously
 // (FileReaderSync) and merges step by step (`MergeSession.step()`: one tensor, or one element
-// chunk of a large tensor of an elementwise method); between steps this worker awaits the disk
+// chunk of a large tensor of a streamed method: the elementwise ones, and slerp / ties /
+// breadcrumbs after their passes over the inputs, see `merge::run`); between steps this worker awaits the disk
 // writes of that step (File System Access streams, OPFS) and reads its messages, so memory stays
 // bounded by one step and Cancel takes effect within one step: the open files are aborted and every
 // file the run created is removed. (If the worker does not answer, the page terminates it.)
@@ -18,7 +19,7 @@ export type ToWorker =
     outShardSize?: string;
     // where the files go (default: in memory, offered as downloads)
     output?: OutputTarget;
-    // elements per chunk of the streamed elementwise methods (tests; the bytes do not depend on it)
+    // elements per chunk of the streamed methods (tests; the bytes do not depend on it)
     chunkElements?: number;
   }
   | { type: 'cancel' };
