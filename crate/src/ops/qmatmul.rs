@@ -97,21 +97,7 @@ pub fn encode(
     x: wgpu::BufferBinding<'_>,
     y: wgpu::BufferBinding<'_>,
 ) -> Result<(), OpError> {
-    if meta.k == 0 || !meta.k.is_multiple_of(QK as u32) {
-        return Err(OpError::shape(
-            KERNEL,
-            format!("K = {} must be a positive multiple of {QK}", meta.k),
-        ));
-    }
-    if meta.format > 2 {
-        return Err(OpError::shape(
-            KERNEL,
-            format!(
-                "format code {} is not 0 (Q8_0), 1 (Q4_0) or 2 (Q4_1)",
-                meta.format
-            ),
-        ));
-    }
+    qmatvec::check_meta(KERNEL, meta.k, meta.format)?;
     if (meta.y0 as u64 + meta.rows as u64) > meta.ldy as u64 {
         return Err(OpError::shape(
             KERNEL,

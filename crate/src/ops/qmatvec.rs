@@ -187,6 +187,18 @@ pub fn chunk_rows(
     r.max(1)
 }
 
+/// The checks every quantized-product kernel makes of its Meta before a dispatch: K a positive
+/// multiple of the block size, a known format code (0 Q8_0, 1 Q4_0, 2 Q4_1).
+pub(crate) fn check_meta(kernel: &'static str, k: u32, format: u32) -> Result<(), OpError> {
+    if k == 0 || !k.is_multiple_of(QK as u32) {
+        return Err(OpError::shape(kernel, format!("K = {k} must be a positive multiple of {QK}")));
+    }
+    if format > 2 {
+        return Err(OpError::shape(kernel, format!("format code {format} is not 0 (Q8_0), 1 (Q4_0) or 2 (Q4_1)")));
+    }
+    Ok(())
+}
+
 /// Records one dispatch on GPU-resident buffers into `enc` (nothing is submitted).
 /// scales, mins: (meta.rows · K/32) f32 (for Q8_0 / Q4_0 `mins` may be any f32 binding, e.g.
 /// `scales` again); qs: (meta.rows · K/32 · W) u32; x: (K) f32; y: (meta.rows) f32.
@@ -201,21 +213,7 @@ pub fn encode(
     x: wgpu::BufferBinding<'_>,
     y: wgpu::BufferBinding<'_>,
 ) -> Result<(), OpError> {
-    if meta.k == 0 || !meta.k.is_multiple_of(QK as u32) {
-        return Err(OpError::shape(
-            KERNEL,
-            format!("K = {} must be a positive multiple of {QK}", meta.k),
-        ));
-    }
-    if meta.format > 2 {
-        return Err(OpError::shape(
-            KERNEL,
-            format!(
-                "format code {} is not 0 (Q8_0), 1 (Q4_0) or 2 (Q4_1)",
-                meta.format
-            ),
-        ));
-    }
+    check_meta(KERNEL, meta.k, meta.format)?;
     let grid = ctx
         .grid(KERNEL, (meta.rows as u64).div_ceil(ROWS_PER_GROUP as u64))
         .op(KERNEL)?;
