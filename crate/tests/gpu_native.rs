@@ -11,13 +11,6 @@ mod gpu_common;
 use crucible::gpu::{GpuContext, GpuError};
 use gpu_common::*;
 
-/// The default context, or a failing test that says why.
-fn ctx() -> GpuContext {
-    let ctx = pollster::block_on(GpuContext::new_default())
-        .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
-    println!("adapter: {}", ctx.adapter_summary());
-    ctx
-}
 
 /// A context on the default adapter whose device gets a *small* storage binding limit, to drive
 /// the split paths with small tensors (the injected-device pattern: the test opens the device).

@@ -9,20 +9,11 @@
 
 mod gpu_common;
 
-use crucible::gpu::GpuContext;
 use gpu_common::*;
-use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
+use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
 wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
-/// The default context, or a failing test that says why.
-async fn ctx() -> GpuContext {
-    let ctx = GpuContext::new_default()
-        .await
-        .unwrap_or_else(|e| panic!("GPU tests need a WebGPU adapter: {e}"));
-    console_log!("adapter: {}", ctx.adapter_summary());
-    ctx
-}
 
 #[wasm_bindgen_test]
 async fn adapter_is_found_and_reports_limits() {

@@ -10,21 +10,19 @@
 //!
 //! Run: `XDG_RUNTIME_DIR=/tmp cargo test -p crucible --test llama_gpu -- --nocapture`
 
+mod gpu_common;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crucible::formats::checkpoint::{Checkpoint, DirFiles};
 use crucible::formats::io::FileSource;
-use crucible::gpu::GpuContext;
 use crucible::models::llama_gpu::{GpuLlama, GpuLlamaOptions};
 use crucible::models::{KvCache, LlamaModel};
 use serde_json::Value;
 
-fn ctx() -> GpuContext {
-    let ctx = pollster::block_on(GpuContext::new_default()).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
-    println!("adapter: {}", ctx.adapter_summary());
-    ctx
-}
+use gpu_common::ctx;
+
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama")

@@ -13,20 +13,18 @@
 //!
 //! Run: `XDG_RUNTIME_DIR=/tmp cargo test -p crucible --test moe_gpu -- --nocapture`
 
+mod gpu_common;
+
 use std::path::{Path, PathBuf};
 
 use crucible::formats::checkpoint::{Checkpoint, DirFiles};
-use crucible::gpu::GpuContext;
 use crucible::models::llama_gpu::{GpuLlama, GpuLlamaOptions};
 use crucible::models::{ExpertTrace, KvCache, LlamaModel};
 use crucible::tensor::quant::BlockFormat;
 use serde_json::Value;
 
-fn ctx() -> GpuContext {
-    let ctx = pollster::block_on(GpuContext::new_default()).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
-    println!("adapter: {}", ctx.adapter_summary());
-    ctx
-}
+use gpu_common::ctx;
+
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/moe")

@@ -8,14 +8,9 @@
 mod gpu_common;
 mod moe_kernels;
 
-use crucible::gpu::GpuContext;
+use gpu_common::ctx;
 use moe_kernels::*;
 
-fn ctx() -> GpuContext {
-    let ctx = pollster::block_on(GpuContext::new_default()).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
-    println!("adapter: {}", ctx.adapter_summary());
-    ctx
-}
 
 #[test]
 fn router_matches_reference_for_both_conventions_and_ties() {

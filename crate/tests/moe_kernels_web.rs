@@ -8,17 +8,12 @@
 mod gpu_common;
 mod moe_kernels;
 
-use crucible::gpu::GpuContext;
+use gpu_common::ctx;
 use moe_kernels::*;
-use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
+use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
 wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
-async fn ctx() -> GpuContext {
-    let ctx = GpuContext::new_default().await.unwrap_or_else(|e| panic!("GPU tests need a WebGPU adapter: {e}"));
-    console_log!("adapter: {}", ctx.adapter_summary());
-    ctx
-}
 
 #[wasm_bindgen_test]
 async fn router_matches_reference_for_both_conventions_and_ties() {

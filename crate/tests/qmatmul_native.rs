@@ -4,18 +4,14 @@
 //! Run: `XDG_RUNTIME_DIR=/tmp cargo test -p crucible --test qmatmul_native -- --nocapture`
 #![cfg(not(target_arch = "wasm32"))]
 
+mod gpu_common;
 mod qmatmul_common;
 
-use crucible::gpu::GpuContext;
 use crucible::ops::qmatmul;
 use crucible::tensor::quant::BlockFormat;
+use gpu_common::ctx;
 use qmatmul_common::*;
 
-fn ctx() -> GpuContext {
-    let ctx = pollster::block_on(GpuContext::new_default()).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
-    println!("adapter: {}", ctx.adapter_summary());
-    ctx
-}
 
 #[test]
 fn qmatmul_matches_reference_and_qmatvec() {

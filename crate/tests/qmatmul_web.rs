@@ -5,9 +5,10 @@
 //! Run: `CHROMEDRIVER=/usr/bin/chromedriver cargo test -p crucible --target wasm32-unknown-unknown --test qmatmul_web`
 #![cfg(target_arch = "wasm32")]
 
+mod gpu_common;
 mod qmatmul_common;
 
-use crucible::gpu::GpuContext;
+use gpu_common::ctx;
 use qmatmul_common::*;
 use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
 
@@ -15,8 +16,7 @@ wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
 #[wasm_bindgen_test]
 async fn qmatmul_matches_reference_and_qmatvec() {
-    let ctx = GpuContext::new_default().await.unwrap_or_else(|e| panic!("GPU tests need a WebGPU adapter: {e}"));
-    console_log!("adapter: {}", ctx.adapter_summary());
+    let ctx = ctx().await;
     let report = qmatmul_cases(&ctx).await;
     console_log!("{report}");
 }

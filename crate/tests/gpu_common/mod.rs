@@ -10,6 +10,24 @@
 use crucible::gpu::GpuContext;
 use crucible::ops::{matmul, rmsnorm, weighted_sum};
 
+/// The default GPU context for a native test (lavapipe where there is no GPU), or a failing test
+/// that says why: GPU tests never skip.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn ctx() -> GpuContext {
+    let ctx = pollster::block_on(GpuContext::new_default()).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+    println!("adapter: {}", ctx.adapter_summary());
+    ctx
+}
+
+/// The default GPU context for a browser test (`navigator.gpu`, SwiftShader where there is no
+/// GPU), or a failing test that says why.
+#[cfg(target_arch = "wasm32")]
+pub async fn ctx() -> GpuContext {
+    let ctx = GpuContext::new_default().await.unwrap_or_else(|e| panic!("GPU tests need a WebGPU adapter: {e}"));
+    wasm_bindgen_test::console_log!("adapter: {}", ctx.adapter_summary());
+    ctx
+}
+
 /// f32 machine epsilon (2⁻²³).
 pub const EPS: f64 = f32::EPSILON as f64;
 

@@ -13,23 +13,7 @@ use crucible::gpu::GpuContext;
 use crucible::ops::{qmatmul, qmatvec};
 use crucible::tensor::quant::{BlockFormat, SplitBlocks, quantize};
 
-pub const EPS: f64 = f32::EPSILON as f64;
-
-/// Deterministic data: splitmix64 → uniform in [-scale, scale).
-pub fn data(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let u = (z >> 40) as f32 / (1u64 << 24) as f32;
-            (2.0 * u - 1.0) * scale
-        })
-        .collect()
-}
+use crate::gpu_common::{EPS, data};
 
 fn weight(f: BlockFormat, n: usize, k: usize) -> (SplitBlocks, Vec<f32>) {
     let w = data(31 + (n * 7 + k) as u64, n * k, 0.5);
