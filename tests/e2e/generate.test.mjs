@@ -10,13 +10,13 @@
 // scripts/fixtures/make_moe_fixtures.py).
 //
 // Needs: `npm run build` (or scripts/test.sh, which builds first) and the GGUF in .cache/models/.
-import { after, before, describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, symlinkSync } from 'node:fs';
+
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { serve, launchChromium } from './serve.mjs';
+import { e2eSuite, openPage } from './serve.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const DIST = resolve(process.env.CRUCIBLE_DIST ?? join(ROOT, 'dist'));
@@ -30,14 +30,10 @@ let browser;
 let work;
 
 async function newPage() {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(server.url);
-  await page.click('#tab-generate');
-  await page.waitForSelector('#generate-tab[data-ready="true"]', { timeout: 30_000 });
-  return { page, context, errors };
+  const opened = await openPage(browser, server.url);
+  await opened.page.click('#tab-generate');
+  await opened.page.waitForSelector('#generate-tab[data-ready="true"]', { timeout: 30_000 });
+  return opened;
 }
 
 /** Set the sampling controls: greedy, `max` tokens. */
@@ -63,20 +59,10 @@ async function generate(page, prompt) {
   );
 }
 
-before(async () => {
-  assert.ok(existsSync(join(DIST, 'index.html')), 'dist/ is missing: run `npm run build` (scripts/test.sh does) first');
-  assert.ok(existsSync(GGUF), `${GGUF} is missing: run scripts/fetch_models.sh (npm test's set-up does) first`);
-  work = mkdtempSync(join(tmpdir(), 'crucible-gen-'));
-  symlinkSync(GGUF, join(work, HTML_NAME));
-  server = await serve(DIST);
-  browser = await launchChromium();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.close();
-  if (work) rmSync(work, { recursive: true, force: true });
-});
+e2eSuite(
+  { dist: DIST, prefix: 'crucible-gen-', requires: [[GGUF, "run scripts/fetch_models.sh (npm test's set-up does) first"]], extra: ({ work }) => symlinkSync(GGUF, join(work, HTML_NAME)) },
+  (s) => ({ server, browser, work } = s),
+);
 
 describe('Generate tab', () => {
   it('SmolLM2-135M Q4_1 (GGUF) on the CPU path: greedy " Paris.", the name as text, Stop', async () => {

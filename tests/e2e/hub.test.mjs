@@ -8,11 +8,11 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { serve, launchChromium } from './serve.mjs';
+import { e2eSuite, openPage } from './serve.mjs';
 import { repoCommit, serveHub } from './hub_server.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -42,42 +42,33 @@ function repoOf(model, edit = (f) => f) {
   return edit(files);
 }
 
-before(async () => {
-  assert.ok(existsSync(join(DIST, 'index.html')), 'dist/ is missing: run `npm run build` first');
-  assert.ok(existsSync(CLI), `${CLI} is missing: run \`cargo build -p crucible --bin crucible\` first`);
-  work = mkdtempSync(join(tmpdir(), 'crucible-hub-e2e-'));
-  server = await serve(DIST);
-  hub = await serveHub(
-    {
-      'models/base': join(FIX, 'models/base'),
-      'models/ft_a': join(FIX, 'models/ft_a'),
-      'models/ft_b_sharded': join(FIX, 'models/ft_b_sharded'),
-      'slow/ft_b': join(FIX, 'models/ft_b'),
-      'norange/base': join(FIX, 'models/base'),
-      'bad/noweights': { 'config.json': readFileSync(fixture('base', 'config.json')) },
-      // The header describes 49 536 bytes of file; the server has 4 bytes fewer.
-      'bad/lying': repoOf('base', (f) => ({ ...f, 'model.safetensors': f['model.safetensors'].subarray(0, f['model.safetensors'].length - 4) })),
+e2eSuite(
+  {
+    dist: DIST,
+    prefix: 'crucible-hub-e2e-',
+    requires: [[CLI, 'run `cargo build -p crucible --bin crucible` first']],
+    extra: async () => {
+      hub = await serveHub(
+        {
+          'models/base': join(FIX, 'models/base'),
+          'models/ft_a': join(FIX, 'models/ft_a'),
+          'models/ft_b_sharded': join(FIX, 'models/ft_b_sharded'),
+          'slow/ft_b': join(FIX, 'models/ft_b'),
+          'norange/base': join(FIX, 'models/base'),
+          'bad/noweights': { 'config.json': readFileSync(fixture('base', 'config.json')) },
+          // The header describes 49 536 bytes of file; the server has 4 bytes fewer.
+          'bad/lying': repoOf('base', (f) => ({ ...f, 'model.safetensors': f['model.safetensors'].subarray(0, f['model.safetensors'].length - 4) })),
+        },
+        { noRange: ['norange/base'], slow: { 'slow/ft_b': { chunk: 1024, delayMs: 80 } } },
+      );
+      return () => hub.close();
     },
-    { noRange: ['norange/base'], slow: { 'slow/ft_b': { chunk: 1024, delayMs: 80 } } },
-  );
-  browser = await launchChromium();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.close();
-  await hub?.close();
-  if (work) rmSync(work, { recursive: true, force: true });
-});
+  },
+  (s) => ({ server, browser, work } = s),
+);
 
 async function newPage() {
-  const context = await browser.newContext({ acceptDownloads: true });
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(`${server.url}?hub=${encodeURIComponent(hub.url)}`);
-  await page.waitForSelector('#engine-status[data-state="ready"]', { timeout: 30_000 });
-  return { page, context, errors };
+  return openPage(browser, `${server.url}?hub=${encodeURIComponent(hub.url)}`, { acceptDownloads: true });
 }
 
 /** Add a hub repo with the form; resolves to the status line's class and text. */

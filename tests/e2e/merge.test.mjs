@@ -7,11 +7,11 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, writeSync, copyFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, writeSync, copyFileSync } from 'node:fs';
+
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { serve, launchChromium } from './serve.mjs';
+import { e2eSuite, openPage } from './serve.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const FIX = join(ROOT, 'tests/fixtures/merge');
@@ -40,13 +40,7 @@ function cliMerge(yaml, cwd, name, seed = '0', shard = null) {
 }
 
 async function newPage() {
-  const context = await browser.newContext({ acceptDownloads: true });
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(server.url);
-  await page.waitForSelector('#engine-status[data-state="ready"]', { timeout: 30_000 });
-  return { page, context, errors };
+  return openPage(browser, server.url, { acceptDownloads: true });
 }
 
 /** Files of a fixture model folder, as paths for setInputFiles. */
@@ -114,19 +108,7 @@ function readStoredZip(zip) {
   return entries;
 }
 
-before(async () => {
-  assert.ok(existsSync(join(DIST, 'index.html')), 'dist/ is missing: run `npm run build` (scripts/test.sh does) first');
-  assert.ok(existsSync(CLI), `${CLI} is missing: run \`cargo build -p crucible --bin crucible\` first`);
-  work = mkdtempSync(join(tmpdir(), 'crucible-e2e-'));
-  server = await serve(DIST);
-  browser = await launchChromium();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.close();
-  if (work) rmSync(work, { recursive: true, force: true });
-});
+e2eSuite({ dist: DIST, prefix: 'crucible-e2e-', requires: [[CLI, 'run `cargo build -p crucible --bin crucible` first']] }, (s) => ({ server, browser, work } = s));
 
 describe('Merge tab', () => {
   it('loads, lists every merge method and reports the WebGPU status', async () => {

@@ -1,7 +1,10 @@
 // A tiny static file server for dist/ (no dependencies): the e2e tests serve the built page on a
 // free localhost port, exactly as a user's `npm start` would.
+import { after, before } from 'node:test';
+import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
-import { createReadStream, statSync } from 'node:fs';
+import { createReadStream, existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { extname, join, normalize, resolve, sep } from 'node:path';
 
 const TYPES = {
@@ -66,4 +69,40 @@ export async function launchChromium() {
     headless: true,
     args: ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic', '--no-first-run'],
   });
+}
+
+/** The set-up every e2e file shares, as node:test `before` / `after` hooks: check that dist/ and
+ * the files in `requires` ([path, how to make it] pairs) exist, make a scratch folder named
+ * `prefix…`, serve `dist`, run `extra(state)` (another server, links in the scratch folder; it may
+ * return an async closer), launch Chromium, then hand `{ server, browser, work }` to `ready`.
+ * `after` closes all of it and removes the scratch folder. */
+export function e2eSuite({ dist, prefix, requires = [], extra }, ready) {
+  const state = {};
+  before(async () => {
+    assert.ok(existsSync(join(dist, 'index.html')), `${dist} is missing: run \`npm run build\` (scripts/test.sh does) first`);
+    for (const [path, hint] of requires) assert.ok(existsSync(path), `${path} is missing: ${hint}`);
+    state.work = mkdtempSync(join(tmpdir(), prefix));
+    state.server = await serve(dist);
+    state.closeExtra = await extra?.(state);
+    state.browser = await launchChromium();
+    ready(state);
+  });
+  after(async () => {
+    await state.browser?.close();
+    await state.server?.close();
+    await state.closeExtra?.();
+    if (state.work) rmSync(state.work, { recursive: true, force: true });
+  });
+}
+
+/** A fresh browser context and page on `url`, collecting uncaught page errors, once `readySelector`
+ * is on the page (the engine's ready state by default). */
+export async function openPage(browser, url, contextOptions = {}, readySelector = '#engine-status[data-state="ready"]') {
+  const context = await browser.newContext(contextOptions);
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(url);
+  await page.waitForSelector(readySelector, { timeout: 30_000 });
+  return { page, context, errors };
 }

@@ -3,15 +3,15 @@
 // merge byte for byte in a fresh page; a link's local files are asked for and checked by sha256;
 // broken and oversize links say what is wrong; names from a link are text; classroom flags hide
 // their controls; the mergekit YAML is copied.
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, readdirSync } from 'node:fs';
+
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { serve, launchChromium } from './serve.mjs';
+import { e2eSuite, openPage } from './serve.mjs';
 import { serveHub } from './hub_server.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -27,13 +27,7 @@ let browser;
 let work;
 
 async function newPage(url = server.url) {
-  const context = await browser.newContext({ acceptDownloads: true, permissions: ['clipboard-read', 'clipboard-write'] });
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(url);
-  await page.waitForSelector('#engine-status[data-state="ready"]', { timeout: 30_000 });
-  return { page, context, errors };
+  return openPage(browser, url, { acceptDownloads: true, permissions: ['clipboard-read', 'clipboard-write'] });
 }
 
 async function setYaml(page, yaml) {
@@ -74,18 +68,7 @@ async function currentLink(page) {
   return link;
 }
 
-before(async () => {
-  assert.ok(existsSync(join(DIST, 'index.html')), `${DIST} is missing: run \`npm run build\` (scripts/test.sh does) first`);
-  work = mkdtempSync(join(tmpdir(), 'crucible-share-e2e-'));
-  server = await serve(DIST);
-  browser = await launchChromium();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.close();
-  if (work) rmSync(work, { recursive: true, force: true });
-});
+e2eSuite({ dist: DIST, prefix: 'crucible-share-e2e-', requires: [] }, (s) => ({ server, browser, work } = s));
 
 describe('Share by URL', () => {
   it('round trip: a recipe built in the page, its copied link opened in a fresh page, the same form and the same merged bytes', async () => {

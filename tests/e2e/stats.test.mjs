@@ -4,14 +4,14 @@
 // byte for byte the CSV the native CLI writes with `crucible merge RECIPE OUT --stats FILE.csv`.
 //
 // Needs: `npm run build` and the CLI binary (target/debug/crucible or $CRUCIBLE_BIN).
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { serve, launchChromium } from './serve.mjs';
+import { e2eSuite, openPage } from './serve.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const FIX = join(ROOT, 'tests/fixtures/merge');
@@ -34,13 +34,7 @@ function cliStats(yaml, cwd, name, seed = '0') {
 }
 
 async function newPage() {
-  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1280, height: 1000 } });
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(server.url);
-  await page.waitForSelector('#engine-status[data-state="ready"]', { timeout: 30_000 });
-  return { page, context, errors };
+  return openPage(browser, server.url, { acceptDownloads: true, viewport: { width: 1280, height: 1000 } });
 }
 
 async function setYaml(page, yaml) {
@@ -76,19 +70,7 @@ async function downloadStatsCsv(page) {
 /** Rows of a CSV without quoted commas (fixture tensor names have none). */
 const csvRows = (text) => text.trim().split('\n').map((l) => l.split(','));
 
-before(async () => {
-  assert.ok(existsSync(join(DIST, 'index.html')), 'dist/ is missing: run `npm run build` first');
-  assert.ok(existsSync(CLI), `${CLI} is missing: run \`cargo build -p crucible --bin crucible\` first`);
-  work = mkdtempSync(join(tmpdir(), 'crucible-e2e-stats-'));
-  server = await serve(DIST);
-  browser = await launchChromium();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.close();
-  if (work) rmSync(work, { recursive: true, force: true });
-});
+e2eSuite({ dist: DIST, prefix: 'crucible-e2e-stats-', requires: [[CLI, 'run `cargo build -p crucible --bin crucible` first']] }, (s) => ({ server, browser, work } = s));
 
 describe('What the merge did', () => {
   it('ties: charts by layer, the by-kind table, and a CSV equal to the CLI --stats CSV', async () => {
