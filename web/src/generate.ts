@@ -11,6 +11,8 @@
 // files by name and size).
 import type { Backend, FromWorker, ModelInfo, ModelSourceMsg, Perplexity, SamplingOptions, TokenExperts, ToWorker } from './generate.worker';
 import { getLastMerge, onLastMergeChange } from './last-merge';
+import { checkLoad, describeEstimate, estimateLoad, fmtBytes as fmtMem, folderShape, ggufShape, safetensorsTensors, shapeFromConfig, type ModelShape } from './load-budget';
+import { fetchHubFiles, generateFiles, bytesToDownload, initialHubBase, loadHubModel, normalizeBase, checkRepoId, checkRevision, type HubModel } from './hub';
 import './generate.css';
 import demoConfigUrl from '../../tests/fixtures/moe/mixtral/config.json?url';
 import demoWeightsUrl from '../../tests/fixtures/moe/mixtral/model.safetensors?url';
@@ -22,7 +24,8 @@ type SourceDesc =
   | { kind: 'local-gguf'; name: string; size: number }
   | { kind: 'local-folder'; name: string; size: number }
   | { kind: 'merge'; name: string }
-  | { kind: 'bundled'; name: string };
+  | { kind: 'bundled'; name: string }
+  | { kind: 'hub'; name: string; repo: string; revision: string };
 
 type Slot = {
   id: number;
@@ -183,6 +186,12 @@ function newSlot(source: SourceDesc, msg: ModelSourceMsg) {
   slots.push(slot);
   startWorker(slot);
   updateButtons();
+  modelsChanged();
+}
+
+/** Tell the share link (share-panel.ts listens to `change` events) that the model list changed. */
+function modelsChanged() {
+  $('gen-slots').dispatchEvent(new Event('change', { bubbles: true }));
 }
 
 function makeWorker(): Worker {
@@ -207,6 +216,7 @@ function removeSlot(slot: Slot) {
   slot.el.root.remove();
   slots.splice(slots.indexOf(slot), 1);
   updateButtons();
+  modelsChanged();
 }
 
 function setSlotError(slot: Slot, message: string) {
@@ -502,20 +512,44 @@ async function addDemo() {
       ['model.safetensors', new File([weights], 'model.safetensors')],
       ['tokenizer.json', new File([tokenizer], 'tokenizer.json')],
     ]);
+    if (!(await admit('tiny-mixtral', () => folderShape('tiny-mixtral', files)))) return;
     newSlot({ kind: 'bundled', name: 'tiny-mixtral' }, { kind: 'hf', name: 'tiny-mixtral', files });
   } catch (e) {
     setStatus(`Could not load the bundled demo: ${String(e)}`, 'error');
   }
 }
 
-function addGguf(files: FileList | null) {
+async function addGguf(files: FileList | File[] | null) {
   for (const f of Array.from(files ?? [])) {
     if (slots.length >= MAX_MODELS) break;
+    if (!(await admit(f.name, () => ggufShape(f, f.name)))) continue;
     newSlot({ kind: 'local-gguf', name: f.name, size: f.size }, { kind: 'gguf', file: f });
   }
 }
 
-function addFolder(list: FileList | null) {
+/**
+ * The memory check every source goes through before its load (load-budget.ts `checkLoad`, with
+ * the quantize-on-load choice of now): false, with the message shown, when the model is too big
+ * for the browser. A header this page cannot read is left to the engine, whose load names the
+ * problem.
+ */
+async function admit(name: string, shape: () => Promise<ModelShape>): Promise<boolean> {
+  let s: ModelShape;
+  try {
+    s = await shape();
+  } catch {
+    return true;
+  }
+  const tooBig = checkLoad(name, s, $<HTMLSelectElement>('gen-quantize').value);
+  if (tooBig) {
+    setStatus(tooBig, 'error');
+    $('gen-run-status').dataset.refused = name;
+    return false;
+  }
+  return true;
+}
+
+async function addFolder(list: FileList | File[] | null) {
   const all = Array.from(list ?? []);
   if (all.length === 0) return;
   const files = new Map<string, File>();
@@ -529,14 +563,15 @@ function addFolder(list: FileList | null) {
   }
   const gguf = all.filter((f) => f.name.endsWith('.gguf'));
   if (gguf.length > 0 && !files.has('config.json')) {
-    addGguf(gguf as unknown as FileList);
+    await addGguf(gguf);
     return;
   }
   const name = folder || 'model';
+  if (!(await admit(name, () => folderShape(name, files)))) return;
   newSlot({ kind: 'local-folder', name, size: all.reduce((a, f) => a + f.size, 0) }, { kind: 'hf', name, files });
 }
 
-function addMerge() {
+async function addMerge() {
   const m = getLastMerge();
   if (!m) return;
   const files = new Map<string, File>();
@@ -546,11 +581,132 @@ function addMerge() {
     return;
   }
   const name = `merge (${new Date(m.at).toLocaleTimeString()})`;
+  if (!(await admit(name, () => folderShape(name, files)))) return;
   newSlot({ kind: 'merge', name }, { kind: 'hf', name, files });
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Hub models (hub.ts): repo id + revision → config.json and the safetensors headers (Range reads)
+// → parameters, bytes to download and the memory estimate, before any weight moves; Load →
+// config.json, the weights, tokenizer.json (+ tokenizer_config.json / generation_config.json)
+// from memory / Cache Storage / a download with progress and Cancel → the worker's `hf` source.
+
+/** The hub model read last (its preview is shown), and the download in progress. */
+let hubPreview: { model: HubModel; shape: ModelShape; name: string; toFetch: number; total: number } | null = null;
+let hubCtl: AbortController | null = null;
+let hubReadSeq = 0;
+
+/** The hub base URL: the Merge tab's setting field when set (it saves it), else `?hub=` / saved / huggingface.co. */
+function hubBase(): string {
+  const field = document.getElementById('hub-base') as HTMLInputElement | null;
+  return (field?.value && normalizeBase(field.value)) || initialHubBase();
+}
+
+function setHubStatus(text: string, kind: 'info' | 'error' | 'ok' = 'info') {
+  const s = $('gen-hub-status');
+  s.textContent = text;
+  s.className = `gen-run-status ${kind}`;
+}
+
+/** The shape of a hub model from what was read: config.json and the safetensors headers. */
+function hubShape(m: HubModel): ModelShape {
+  const cfg = m.files.find((f) => f.path === 'config.json')!;
+  const config = JSON.parse(new TextDecoder().decode(cfg.prefix));
+  const tensors = m.files.filter((f) => f.path.endsWith('.safetensors') && f.prefix).flatMap((f) => safetensorsTensors(f.prefix!, `${m.repo}@${m.revision}: ${f.path}`));
+  return shapeFromConfig(config, tensors, m.files.find((f) => f.path === 'tokenizer.json')?.size ?? 0);
+}
+
+/** Read `repo@revision`'s config.json and headers; show parameters, download and memory. */
+async function readHub(repo: string, revision: string): Promise<void> {
+  const seq = ++hubReadSeq;
+  hubPreview = null;
+  const box = $('gen-hub-preview');
+  box.hidden = true;
+  const bad = checkRepoId(repo) ?? checkRevision(revision);
+  if (bad) return setHubStatus(bad, 'error');
+  setHubStatus(`Reading ${repo}@${revision}: config.json and the safetensors headers…`);
+  try {
+    const model = await loadHubModel(hubBase(), repo, revision);
+    const files = generateFiles(model);
+    const shape = hubShape(model);
+    const toFetch = await bytesToDownload(files);
+    if (seq !== hubReadSeq) return;
+    const name = `${repo}@${revision}`;
+    hubPreview = { model, shape, name, toFetch, total: files.reduce((a, f) => a + f.size, 0) };
+    showHubPreview();
+  } catch (e) {
+    if (seq !== hubReadSeq) return;
+    setHubStatus(e instanceof Error ? e.message : String(e), 'error');
+  }
+}
+
+/** The preview line (and the too-big refusal) for the quantize-on-load choice of now. */
+function showHubPreview() {
+  if (!hubPreview) return;
+  const { model, shape, name, toFetch, total } = hubPreview;
+  const q = $<HTMLSelectElement>('gen-quantize').value;
+  const est = estimateLoad(shape, q);
+  const box = $('gen-hub-preview');
+  box.hidden = false;
+  box.dataset.params = String(est.params);
+  box.dataset.download = String(toFetch);
+  box.dataset.peak = String(est.peak);
+  const commit = model.commit ? ` (commit ${model.commit.slice(0, 12)})` : '';
+  $('gen-hub-info').textContent =
+    `${name}${commit}: ${fmtCount(est.params)} parameters · download ${fmtMem(toFetch)}${toFetch < total ? ` (${fmtMem(total - toFetch)} already here)` : ''} · ${describeEstimate(est)}`;
+  const tooBig = checkLoad(name, shape, q);
+  $<HTMLButtonElement>('gen-hub-load').disabled = !!tooBig || slots.length >= MAX_MODELS;
+  if (tooBig) setHubStatus(tooBig, 'error');
+  else setHubStatus(`Read ${name}: nothing big was downloaded yet. Load downloads it${toFetch ? '' : ' (every file is already here)'}.`, 'ok');
+}
+
+/** Download (or take from the cache) the previewed model's files and load it in a new slot. */
+async function loadHub() {
+  if (!hubPreview || hubCtl) return;
+  const { model, shape, name } = hubPreview;
+  const q = $<HTMLSelectElement>('gen-quantize').value;
+  const tooBig = checkLoad(name, shape, q);
+  if (tooBig) return setHubStatus(tooBig, 'error');
+  if (slots.length >= MAX_MODELS) return setHubStatus(`At most ${MAX_MODELS} models: remove one first.`, 'error');
+  const ctl = new AbortController();
+  hubCtl = ctl;
+  const bar = $<HTMLProgressElement>('gen-hub-progress');
+  const text = $('gen-hub-progress-text');
+  bar.hidden = false;
+  $<HTMLButtonElement>('gen-hub-load').disabled = true;
+  $<HTMLButtonElement>('gen-hub-cancel').disabled = false;
+  const t0 = performance.now();
+  let shown = 0;
+  try {
+    const files = await fetchHubFiles(model, generateFiles(model), ctl.signal, (done, total, file) => {
+      const now = performance.now();
+      if (now - shown < 100 && done < total) return;
+      shown = now;
+      const secs = (now - t0) / 1000;
+      bar.max = 1;
+      bar.value = total ? done / total : 1;
+      text.textContent = total ? `downloading ${file} · ${fmtMem(done)} of ${fmtMem(total)} · ${secs > 0.2 ? fmtMem(done / secs) : '–'}/s` : 'every file is already here';
+      text.dataset.done = String(done);
+    });
+    setHubStatus(`Downloaded ${name}; loading it…`, 'ok');
+    newSlot({ kind: 'hub', name, repo: model.repo, revision: model.revision }, { kind: 'hf', name, files });
+  } catch (e) {
+    if (ctl.signal.aborted) setHubStatus('Download cancelled: nothing partial was kept in the cache.', 'info');
+    else setHubStatus(e instanceof Error ? e.message : String(e), 'error');
+  } finally {
+    hubCtl = null;
+    bar.hidden = true;
+    $<HTMLButtonElement>('gen-hub-cancel').disabled = true;
+    $<HTMLButtonElement>('gen-hub-load').disabled = slots.length >= MAX_MODELS;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Share-by-URL state (SHARE, share.ts, adds it to its schema).
+
+/** A model as a link names it (a hub model by repo and revision only). */
+export type SharedModel = Exclude<SourceDesc, { kind: 'hub' }> | { kind: 'hub'; repo: string; revision: string };
 
 export type GenerateState = {
   prompt: string;
@@ -561,8 +717,9 @@ export type GenerateState = {
   /** 'auto' (WebGPU if available) or 'cpu' */
   backend: string;
   pplText: string;
-  /** what was loaded: bundled demos by name; local files / folders by name and size (asked for again) */
-  models: SourceDesc[];
+  /** what was loaded: bundled demos by name; local files / folders by name and size (asked for
+   * again); hub models by repo and revision (read again only on a click) */
+  models: SharedModel[];
 };
 
 export function collectGenerateState(): GenerateState {
@@ -576,7 +733,7 @@ export function collectGenerateState(): GenerateState {
     quantize: $<HTMLSelectElement>('gen-quantize').value,
     backend: $<HTMLSelectElement>('gen-backend').value,
     pplText: $<HTMLTextAreaElement>('gen-ppl-text').value,
-    models: slots.map((s) => s.source),
+    models: slots.map((s): SharedModel => (s.source.kind === 'hub' ? { kind: 'hub', repo: s.source.repo, revision: s.source.revision } : s.source)),
   };
 }
 
@@ -594,9 +751,29 @@ export function applyGenerateState(s: Partial<GenerateState>): void {
     if (typeof v === 'number' && Number.isFinite(v)) $<HTMLInputElement>(f.id).value = String(v);
   }
   syncGreedy();
+  const links = $('gen-link-models');
+  links.replaceChildren();
+  links.hidden = true;
   if (s.models?.length) {
-    const names = s.models.map((m) => (m.kind === 'bundled' ? `${m.name} (bundled: click “Demo”)` : `${m.name} (pick it again)`));
+    const names = s.models.map((m) => (m.kind === 'hub' ? `${m.repo}@${m.revision} (hub: click its button to read it)` : m.kind === 'bundled' ? `${m.name} (bundled: click “Demo”)` : `${m.name} (pick it again)`));
     setStatus(`The link used these models: ${names.join(', ')}.`);
+    // Hub models: one button each; nothing is requested before the click.
+    for (const m of s.models) {
+      if (m.kind !== 'hub') continue;
+      const b = el('button', 'gen-link-hub', `+ ${m.repo}@${m.revision} from the hub`);
+      b.type = 'button';
+      b.dataset.repo = m.repo;
+      b.dataset.revision = m.revision;
+      b.addEventListener('click', () => {
+        $<HTMLInputElement>('gen-hub-repo').value = m.repo;
+        $<HTMLInputElement>('gen-hub-revision').value = m.revision;
+        b.remove();
+        links.hidden = links.childElementCount === 0;
+        void readHub(m.repo, m.revision);
+      });
+      links.append(b);
+      links.hidden = false;
+    }
   }
 }
 
@@ -633,6 +810,23 @@ function build(root: HTMLElement) {
       <button id="gen-add-merge" type="button" disabled title="Merge in the Merge tab first">+ The merge just made</button>
       <button id="gen-add-demo" type="button" class="secondary">+ Demo: tiny Mixtral (MoE)</button>
     </div>
+    <form id="gen-hub-form" class="row gen-hub-form">
+      <label for="gen-hub-repo">Hugging Face Hub</label>
+      <input id="gen-hub-repo" type="text" spellcheck="false" autocomplete="off" placeholder="repo id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct" aria-label="Hub repo id">
+      <input id="gen-hub-revision" type="text" spellcheck="false" autocomplete="off" value="main" size="10" aria-label="Revision (branch, tag or commit)">
+      <button id="gen-hub-read" type="submit">+ From the hub</button>
+    </form>
+    <div id="gen-hub-preview" class="gen-hub-preview" hidden>
+      <p id="gen-hub-info" class="hint"></p>
+      <div class="row">
+        <button id="gen-hub-load" type="button" class="primary">Load</button>
+        <button id="gen-hub-cancel" type="button" class="danger" disabled>Cancel</button>
+        <progress id="gen-hub-progress" max="1" value="0" hidden></progress>
+        <span id="gen-hub-progress-text" class="hint"></span>
+      </div>
+    </div>
+    <p id="gen-hub-status" class="gen-run-status" role="status"></p>
+    <div id="gen-link-models" class="row" hidden></div>
     <div class="row">
       <label for="gen-backend">Run on</label>
       <select id="gen-backend">
@@ -695,16 +889,27 @@ function build(root: HTMLElement) {
   $('gen-add-folder').addEventListener('click', () => $<HTMLInputElement>('gen-folder-input').click());
   $<HTMLInputElement>('gen-gguf-input').addEventListener('change', (e) => {
     const input = e.target as HTMLInputElement;
-    addGguf(input.files);
+    void addGguf(Array.from(input.files ?? []));
     input.value = '';
   });
   $<HTMLInputElement>('gen-folder-input').addEventListener('change', (e) => {
     const input = e.target as HTMLInputElement;
-    addFolder(input.files);
+    const list = Array.from(input.files ?? []);
     input.value = '';
+    void addFolder(list);
   });
-  $('gen-add-merge').addEventListener('click', addMerge);
+  $('gen-add-merge').addEventListener('click', () => void addMerge());
   $('gen-add-demo').addEventListener('click', () => void addDemo());
+  $('gen-hub-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    void readHub($<HTMLInputElement>('gen-hub-repo').value.trim(), $<HTMLInputElement>('gen-hub-revision').value.trim() || 'main');
+  });
+  $('gen-hub-load').addEventListener('click', () => void loadHub());
+  $('gen-hub-cancel').addEventListener('click', () => hubCtl?.abort());
+  // The estimate depends on quantize-on-load: redo the preview's line when it changes.
+  $('gen-quantize').addEventListener('change', () => {
+    if (hubPreview && !hubCtl) showHubPreview();
+  });
   $('gen-run').addEventListener('click', run);
   $('gen-stop').addEventListener('click', stop);
   $('gen-ppl-run').addEventListener('click', perplexity);

@@ -14,6 +14,8 @@
 // Every name that comes from the Hub or the user is shown with textContent by the caller; this file
 // builds messages only.
 
+import { cachedBlob, downloadToCache } from './cache';
+
 export const DEFAULT_HUB = 'https://huggingface.co';
 export const INDEX_FILE = 'model.safetensors.index.json';
 export const SINGLE_FILE = 'model.safetensors';
@@ -245,4 +247,62 @@ export async function loadHubModel(base: string, repo: string, revision: string,
 /** A Hub model as the engine's `plan_merge` argument (`{name, files: [{path, size, prefix}]}`). */
 export function planInput(name: string, m: HubModel): { name: string; files: { path: string; size: number; prefix?: Uint8Array }[] } {
   return { name, files: m.files.map((f) => ({ path: f.path, size: f.size, prefix: f.prefix })) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole models for the Generate tab (additive: the Merge tab downloads what its plan needs).
+
+/** Files the Generate tab loads beside the weights: tokenizer.json (needed) and these when present. */
+export const GENERATE_EXTRA_FILES = ['tokenizer_config.json', 'generation_config.json'];
+
+/** Every file of `m` the engine's `Generator.from_hf` reads: config.json, the index (sharded), the
+ * weight files, tokenizer.json, and tokenizer_config.json / generation_config.json when the repo
+ * has them. Throws a HubError naming the repo when tokenizer.json is missing. */
+export function generateFiles(m: HubModel): HubFile[] {
+  const tok = m.files.find((f) => f.path === 'tokenizer.json');
+  if (!tok) throw new HubError(`${where(m.repo, m.revision, 'tokenizer.json')} was not found: the Generate tab needs the model's tokenizer.json`);
+  return m.files.filter((f) => f.path === 'config.json' || f.path === INDEX_FILE || f.path.endsWith('.safetensors') || f.path === 'tokenizer.json' || GENERATE_EXTRA_FILES.includes(f.path));
+}
+
+/** A file whose bytes the page already holds whole (config.json, the index), not just a header. */
+const heldWhole = (f: HubFile) => f.prefix !== undefined && f.prefix.length === f.size && !f.path.endsWith('.safetensors');
+
+/**
+ * The bytes of `files` that are neither held in memory nor in the download cache.
+ */
+export async function bytesToDownload(files: HubFile[]): Promise<number> {
+  let n = 0;
+  for (const f of files) if (!heldWhole(f) && !(await cachedBlob(f.url, f.size))) n += f.size;
+  return n;
+}
+
+/**
+ * `files` of `m` as `File`s for the engine (path → File): JSON files already read come from
+ * memory, cached files from Cache Storage (cache.ts), the rest are downloaded into the cache one
+ * after the other. `onProgress(done, total, file)`: bytes downloaded so far of the bytes to
+ * download. Cancel through `signal` (an AbortError; the file being downloaded is not kept).
+ */
+export async function fetchHubFiles(m: HubModel, files: HubFile[], signal: AbortSignal, onProgress: (done: number, total: number, file: string) => void): Promise<Map<string, File>> {
+  const out = new Map<string, File>();
+  const todo: HubFile[] = [];
+  for (const f of files) {
+    if (heldWhole(f)) out.set(f.path, new File([f.prefix as Uint8Array<ArrayBuffer>], f.path));
+    else {
+      const blob = await cachedBlob(f.url, f.size);
+      if (blob) out.set(f.path, new File([blob], f.path));
+      else todo.push(f);
+    }
+  }
+  const total = todo.reduce((a, f) => a + f.size, 0);
+  let done = 0;
+  onProgress(0, total, todo[0]?.path ?? '');
+  for (const f of todo) {
+    if (signal.aborted) throw new DOMException('download cancelled', 'AbortError');
+    const blob = await downloadToCache(f.url, f.size, where(m.repo, m.revision, f.path), signal, (n) => {
+      done += n;
+      onProgress(done, total, f.path);
+    });
+    out.set(f.path, new File([blob], f.path));
+  }
+  return out;
 }

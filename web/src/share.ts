@@ -75,7 +75,7 @@ export type Source =
 
 /** The sampling controls of the Generate tab (generate.worker.ts `SamplingOptions`). */
 export const SAMPLING_KEYS = ['temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty', 'presence_penalty', 'frequency_penalty', 'no_repeat_ngram_size', 'seed'] as const;
-export const GENERATE_MODEL_KINDS = ['local-gguf', 'local-folder', 'merge', 'bundled'] as const;
+export const GENERATE_MODEL_KINDS = ['local-gguf', 'local-folder', 'merge', 'bundled', 'hub'] as const;
 export const QUANTIZE = ['', 'q8_0', 'q4_0'] as const;
 export const MAX_GENERATE_MODELS = 3;
 
@@ -89,7 +89,8 @@ export interface GenerateShare {
   /** Where the models run: WebGPU when there is an adapter ('auto') or the CPU. */
   backend?: 'auto' | 'cpu';
   pplText: string;
-  models: ({ kind: 'local-gguf' | 'local-folder'; name: string; size: number } | { kind: 'merge' | 'bundled'; name: string })[];
+  /** Hub models by repo and revision (validated as the Merge tab's hub sources); a link never reads them before a click. */
+  models: ({ kind: 'local-gguf' | 'local-folder'; name: string; size: number } | { kind: 'merge' | 'bundled'; name: string } | { kind: 'hub'; repo: string; revision: string })[];
 }
 
 /** The recipe as the form holds it: the JSON tree of the mergekit YAML. */
@@ -393,9 +394,13 @@ export function checkGenerate(v: unknown, field = 'generate'): GenerateShare {
   const models = ml.map((m, i) => {
     const f = `${field}.models[${i}]`;
     const e = obj(m, f);
-    onlyKeys(e, ['kind', 'name', 'size'], f);
     const kind = str(e.kind, `${f}.kind`, 32);
     if (!(GENERATE_MODEL_KINDS as readonly string[]).includes(kind)) fail(`${f}.kind`, `unknown kind ${show(kind)} (known: ${GENERATE_MODEL_KINDS.join(', ')})`);
+    if (kind === 'hub') {
+      onlyKeys(e, ['kind', 'repo', 'revision'], f);
+      return { kind, repo: checkRepo(e.repo, `${f}.repo`), revision: checkRevision(e.revision ?? 'main', `${f}.revision`) } as const;
+    }
+    onlyKeys(e, ['kind', 'name', 'size'], f);
     const name = checkModelName(e.name, `${f}.name`);
     if (kind === 'local-gguf' || kind === 'local-folder') return { kind, name, size: checkSize(e.size, `${f}.size`) } as const;
     if (e.size !== undefined) fail(`${f}.size`, `a ${kind} model has no size`);
