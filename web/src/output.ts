@@ -74,56 +74,52 @@ class MemorySink implements OutputSink {
   }
 }
 
-/** Writes run one after another in a promise chain; the first failure stops the chain. */
-abstract class QueuedSink {
+/** A sink that writes files to a directory handle: writes run one after another in a promise
+ *  chain (the first failure stops the chain); the engine's create / chunk / finish / abort calls
+ *  map to `openFile` / `writeChunk` / `closeFile` / `abortHandle` of the file's handle `H`. Tracks
+ *  the files this run created (removed by `discard`) and the finished ones (`files`). */
+abstract class DirHandleSink<H> {
   private queue: Promise<void> = Promise.resolve();
-  protected error: unknown = null;
+  private error: unknown = null;
+  private open = new Map<string, { h: H; existed: boolean }>();
+  private created: string[] = [];
+  private finished: string[] = [];
 
-  protected enqueue(f: () => Promise<void> | void) {
+  constructor(protected dir: FileSystemDirectoryHandle) {}
+
+  /** Opens `file` for writing from byte 0; `existed`: the file was there before this run. */
+  protected abstract openFile(file: string): Promise<{ h: H; existed: boolean }>;
+  protected abstract writeChunk(h: H, file: string, bytes: Uint8Array<ArrayBuffer>): Promise<void> | void;
+  protected abstract closeFile(h: H): Promise<void> | void;
+  /** Drops an open file's unfinished writes (the base then removes it unless it existed before). */
+  protected abstract abortHandle(h: H): Promise<void> | void;
+
+  private enqueue(f: () => Promise<void> | void) {
     this.queue = this.queue.then(async () => {
       if (this.error === null) await f();
     }).catch((e) => {
       this.error ??= e;
     });
   }
-  async flush() {
-    await this.queue;
-    if (this.error !== null) throw this.error instanceof Error ? this.error : new Error(String(this.error));
-  }
-  protected async settle() {
-    await this.queue.catch(() => undefined);
-  }
-}
-
-/** A folder on disk picked with `showDirectoryPicker` (File System Access API). */
-class DirectorySink extends QueuedSink implements OutputSink {
-  readonly kind = 'directory' as const;
-  private open = new Map<string, { writable: FileSystemWritableFileStream; existed: boolean }>();
-  private created: string[] = [];
-  private finished: string[] = [];
-
-  constructor(private dir: FileSystemDirectoryHandle) {
-    super();
-  }
 
   onOutput(kind: string, file: string, arg: unknown) {
     if (kind === 'create') {
       this.enqueue(async () => {
-        const existed = await this.dir.getFileHandle(file).then(() => true, () => false);
-        const handle = await this.dir.getFileHandle(file, { create: true });
-        if (!existed) this.created.push(file);
-        this.open.set(file, { writable: await handle.createWritable({ keepExistingData: false }), existed });
+        const f = await this.openFile(file);
+        if (!f.existed) this.created.push(file);
+        this.open.set(file, f);
       });
     } else if (kind === 'chunk') {
       const bytes = arg as Uint8Array<ArrayBuffer>;
       this.enqueue(async () => {
-        await this.open.get(file)?.writable.write(bytes);
+        const f = this.open.get(file);
+        if (f) await this.writeChunk(f.h, file, bytes);
       });
     } else if (kind === 'finish') {
       this.enqueue(async () => {
         const f = this.open.get(file);
         this.open.delete(file);
-        await f?.writable.close();
+        if (f) await this.closeFile(f.h);
         this.finished.push(file);
       });
     } else if (kind === 'abort') {
@@ -135,12 +131,17 @@ class DirectorySink extends QueuedSink implements OutputSink {
     const f = this.open.get(file);
     this.open.delete(file);
     if (!f) return;
-    await f.writable.abort().catch(() => undefined);
+    await Promise.resolve(this.abortHandle(f.h)).catch(() => undefined);
     if (!f.existed) await this.dir.removeEntry(file).catch(() => undefined);
   }
 
+  async flush() {
+    await this.queue;
+    if (this.error !== null) throw this.error instanceof Error ? this.error : new Error(String(this.error));
+  }
+
   async discard() {
-    await this.settle();
+    await this.queue.catch(() => undefined);
     for (const file of [...this.open.keys()]) await this.abortFile(file);
     for (const file of this.created) await this.dir.removeEntry(file).catch(() => undefined);
     return this.created;
@@ -149,6 +150,27 @@ class DirectorySink extends QueuedSink implements OutputSink {
   async files() {
     await this.flush();
     return Promise.all(this.finished.map(async (name) => ({ name, blob: await (await this.dir.getFileHandle(name)).getFile() })));
+  }
+}
+
+/** A folder on disk picked with `showDirectoryPicker` (File System Access API): one
+ *  `createWritable()` stream per file. */
+class DirectorySink extends DirHandleSink<FileSystemWritableFileStream> implements OutputSink {
+  readonly kind = 'directory' as const;
+
+  protected async openFile(file: string) {
+    const existed = await this.dir.getFileHandle(file).then(() => true, () => false);
+    const handle = await this.dir.getFileHandle(file, { create: true });
+    return { h: await handle.createWritable({ keepExistingData: false }), existed };
+  }
+  protected async writeChunk(w: FileSystemWritableFileStream, _file: string, bytes: Uint8Array<ArrayBuffer>) {
+    await w.write(bytes);
+  }
+  protected async closeFile(w: FileSystemWritableFileStream) {
+    await w.close();
+  }
+  protected async abortHandle(w: FileSystemWritableFileStream) {
+    await w.abort();
   }
 }
 
@@ -160,69 +182,32 @@ interface SyncHandle {
   close(): void;
 }
 
-/** The origin private file system, written with synchronous access handles. */
-class OpfsSink extends QueuedSink implements OutputSink {
+/** The origin private file system, written with synchronous access handles (a fresh folder per
+ *  merge, so every file is new to this run). */
+class OpfsSink extends DirHandleSink<{ handle: SyncHandle; at: number }> implements OutputSink {
   readonly kind = 'opfs' as const;
-  private open = new Map<string, { handle: SyncHandle; at: number }>();
-  private created: string[] = [];
-  private finished: string[] = [];
 
-  constructor(private dir: FileSystemDirectoryHandle) {
-    super();
+  protected async openFile(file: string) {
+    const fh = await this.dir.getFileHandle(file, { create: true });
+    const handle = await (fh as unknown as { createSyncAccessHandle(): Promise<SyncHandle> }).createSyncAccessHandle();
+    handle.truncate(0);
+    return { h: { handle, at: 0 }, existed: false };
   }
-
-  onOutput(kind: string, file: string, arg: unknown) {
-    if (kind === 'create') {
-      this.enqueue(async () => {
-        const fh = await this.dir.getFileHandle(file, { create: true });
-        this.created.push(file);
-        const handle = await (fh as unknown as { createSyncAccessHandle(): Promise<SyncHandle> }).createSyncAccessHandle();
-        handle.truncate(0);
-        this.open.set(file, { handle, at: 0 });
-      });
-    } else if (kind === 'chunk') {
-      const bytes = arg as Uint8Array<ArrayBuffer>;
-      this.enqueue(() => {
-        const f = this.open.get(file);
-        if (!f) return;
-        let done = 0;
-        while (done < bytes.length) {
-          const n = f.handle.write(bytes.subarray(done), { at: f.at + done });
-          if (n <= 0) throw new Error(`${file}: the browser storage refused the write (quota full?)`);
-          done += n;
-        }
-        f.at += done;
-      });
-    } else if (kind === 'finish') {
-      this.enqueue(() => {
-        const f = this.open.get(file);
-        this.open.delete(file);
-        f?.handle.flush();
-        f?.handle.close();
-        this.finished.push(file);
-      });
-    } else if (kind === 'abort') {
-      this.enqueue(() => this.abortFile(file));
+  protected writeChunk(f: { handle: SyncHandle; at: number }, file: string, bytes: Uint8Array<ArrayBuffer>) {
+    let done = 0;
+    while (done < bytes.length) {
+      const n = f.handle.write(bytes.subarray(done), { at: f.at + done });
+      if (n <= 0) throw new Error(`${file}: the browser storage refused the write (quota full?)`);
+      done += n;
     }
+    f.at += done;
   }
-
-  private async abortFile(file: string) {
-    const f = this.open.get(file);
-    this.open.delete(file);
-    if (f) f.handle.close();
-    await this.dir.removeEntry(file).catch(() => undefined);
+  protected closeFile(f: { handle: SyncHandle; at: number }) {
+    f.handle.flush();
+    f.handle.close();
   }
-
-  async discard() {
-    await this.settle();
-    for (const file of [...this.open.keys()]) await this.abortFile(file);
-    for (const file of this.created) await this.dir.removeEntry(file).catch(() => undefined);
-    return this.created;
-  }
-
-  async files() {
-    await this.flush();
-    return Promise.all(this.finished.map(async (name) => ({ name, blob: await (await this.dir.getFileHandle(name)).getFile() })));
+  protected abortHandle(f: { handle: SyncHandle; at: number }) {
+    f.handle.close();
   }
 }
 
