@@ -105,6 +105,9 @@ async function slotsReady(page, n) {
   }, n, { timeout: 60_000 });
   const bad = await page.$$eval('.gen-slot[data-state="error"] .gen-status', (e) => e.map((x) => x.textContent));
   assert.deepEqual(bad, []);
+  // The estimate made from the headers before the load = the engine's own count of the weights it holds.
+  for (const s of await page.$$eval('.gen-slot', (ss) => ss.map((x) => ({ name: x.querySelector('.gen-name').textContent, est: x.dataset.estHeld, engine: x.dataset.weightBytes }))))
+    assert.equal(s.est, s.engine, `${s.name}: estimated weights ${s.est} B, the engine holds ${s.engine} B`);
 }
 
 /** Greedy generation of `max` tokens in every slot; resolves to each slot's name and ids. */

@@ -11,7 +11,7 @@
 // files by name and size).
 import type { Backend, FromWorker, ModelInfo, ModelSourceMsg, Perplexity, SamplingOptions, TokenExperts, ToWorker } from './generate.worker';
 import { getLastMerge, onLastMergeChange } from './last-merge';
-import { checkLoad, describeEstimate, estimateLoad, fmtBytes as fmtMem, folderShape, ggufShape, safetensorsTensors, shapeFromConfig, type ModelShape } from './load-budget';
+import { checkLoad, describeEstimate, estimateLoad, fmtBytes as fmtMem, folderShape, ggufShape, safetensorsTensors, shapeFromConfig, type GpuLimits, type LoadEstimate, type ModelShape } from './load-budget';
 import { fetchHubFiles, generateFiles, bytesToDownload, initialHubBase, loadHubModel, normalizeBase, checkRepoId, checkRevision, type HubModel } from './hub';
 import './generate.css';
 import demoConfigUrl from '../../tests/fixtures/moe/mixtral/config.json?url';
@@ -36,6 +36,8 @@ type Slot = {
   backendChoice: 'auto' | 'cpu';
   name: string;
   info?: ModelInfo;
+  /** the memory estimate made before loading (load-budget.ts), when the headers could be read */
+  est: LoadEstimate | null;
   state: 'loading' | 'ready' | 'generating' | 'perplexity' | 'error';
   /** per token shown (prompt then generated): its piece and the experts it used (MoE) */
   tokens: { piece: string; prompt: boolean; experts: TokenExperts | null }[];
@@ -135,7 +137,8 @@ function readSampling(): { sampling: SamplingOptions; maxTokens: number; error?:
 // ---------------------------------------------------------------------------------------------
 // Models
 
-function newSlot(source: SourceDesc, msg: ModelSourceMsg) {
+/** A new model slot; `est`: the load estimate made before (shown beside what the engine reports). */
+function newSlot(source: SourceDesc, msg: ModelSourceMsg, est: LoadEstimate | null = null) {
   if (slots.length >= MAX_MODELS) {
     setStatus(`At most ${MAX_MODELS} models: remove one first.`, 'error');
     return;
@@ -177,6 +180,7 @@ function newSlot(source: SourceDesc, msg: ModelSourceMsg) {
     quantize,
     backendChoice,
     name: source.name,
+    est,
     state: 'loading',
     tokens: [],
     el: { root, name, backend, info, status, text, stats, ppl, heat, heatNote, backendNote },
@@ -257,6 +261,14 @@ function onMessage(slot: Slot, m: FromWorker) {
     case 'loaded':
       slot.info = m.info;
       slot.el.info.textContent = describe(m.info);
+      if (slot.est) {
+        const est = slot.est;
+        void gpuLimits().then((limits) => {
+          slot.el.info.textContent = `${describe(m.info)} · estimate: ${describeEstimate(est, m.info.backend === 'gpu' ? limits : null)}`;
+        });
+        slot.el.root.dataset.estHeld = String(est.held);
+        slot.el.root.dataset.estPeak = String(est.peak);
+      }
       slot.el.root.dataset.moe = m.info.moe ? 'true' : 'false';
       slot.el.root.dataset.weightBytes = String(m.info.weight_bytes);
       showBackend(slot, m.info);
@@ -512,8 +524,9 @@ async function addDemo() {
       ['model.safetensors', new File([weights], 'model.safetensors')],
       ['tokenizer.json', new File([tokenizer], 'tokenizer.json')],
     ]);
-    if (!(await admit('tiny-mixtral', () => folderShape('tiny-mixtral', files)))) return;
-    newSlot({ kind: 'bundled', name: 'tiny-mixtral' }, { kind: 'hf', name: 'tiny-mixtral', files });
+    const est = await admit('tiny-mixtral', () => folderShape('tiny-mixtral', files));
+    if (est === false) return;
+    newSlot({ kind: 'bundled', name: 'tiny-mixtral' }, { kind: 'hf', name: 'tiny-mixtral', files }, est);
   } catch (e) {
     setStatus(`Could not load the bundled demo: ${String(e)}`, 'error');
   }
@@ -522,8 +535,9 @@ async function addDemo() {
 async function addGguf(files: FileList | File[] | null) {
   for (const f of Array.from(files ?? [])) {
     if (slots.length >= MAX_MODELS) break;
-    if (!(await admit(f.name, () => ggufShape(f, f.name)))) continue;
-    newSlot({ kind: 'local-gguf', name: f.name, size: f.size }, { kind: 'gguf', file: f });
+    const est = await admit(f.name, () => ggufShape(f, f.name));
+    if (est === false) continue;
+    newSlot({ kind: 'local-gguf', name: f.name, size: f.size }, { kind: 'gguf', file: f }, est);
   }
 }
 
@@ -533,20 +547,38 @@ async function addGguf(files: FileList | File[] | null) {
  * for the browser. A header this page cannot read is left to the engine, whose load names the
  * problem.
  */
-async function admit(name: string, shape: () => Promise<ModelShape>): Promise<boolean> {
+async function admit(name: string, shape: () => Promise<ModelShape>): Promise<LoadEstimate | null | false> {
   let s: ModelShape;
   try {
     s = await shape();
   } catch {
-    return true;
+    return null;
   }
-  const tooBig = checkLoad(name, s, $<HTMLSelectElement>('gen-quantize').value);
+  const q = $<HTMLSelectElement>('gen-quantize').value;
+  const tooBig = checkLoad(name, s, q);
   if (tooBig) {
     setStatus(tooBig, 'error');
     $('gen-run-status').dataset.refused = name;
     return false;
   }
-  return true;
+  return estimateLoad(s, q);
+}
+
+let limitsPromise: Promise<GpuLimits | null> | null = null;
+
+/** The WebGPU adapter's buffer limits (asked once), or null without WebGPU or with 'CPU' picked. */
+async function gpuLimits(): Promise<GpuLimits | null> {
+  if ($<HTMLSelectElement>('gen-backend').value === 'cpu') return null;
+  limitsPromise ??= (async () => {
+    try {
+      const gpu = (navigator as Navigator & { gpu?: { requestAdapter(): Promise<{ limits: GpuLimits } | null> } }).gpu;
+      const a = await gpu?.requestAdapter();
+      return a ? { maxBufferSize: a.limits.maxBufferSize, maxStorageBufferBindingSize: a.limits.maxStorageBufferBindingSize } : null;
+    } catch {
+      return null;
+    }
+  })();
+  return limitsPromise;
 }
 
 async function addFolder(list: FileList | File[] | null) {
@@ -567,8 +599,9 @@ async function addFolder(list: FileList | File[] | null) {
     return;
   }
   const name = folder || 'model';
-  if (!(await admit(name, () => folderShape(name, files)))) return;
-  newSlot({ kind: 'local-folder', name, size: all.reduce((a, f) => a + f.size, 0) }, { kind: 'hf', name, files });
+  const est = await admit(name, () => folderShape(name, files));
+  if (est === false) return;
+  newSlot({ kind: 'local-folder', name, size: all.reduce((a, f) => a + f.size, 0) }, { kind: 'hf', name, files }, est);
 }
 
 async function addMerge() {
@@ -581,8 +614,9 @@ async function addMerge() {
     return;
   }
   const name = `merge (${new Date(m.at).toLocaleTimeString()})`;
-  if (!(await admit(name, () => folderShape(name, files)))) return;
-  newSlot({ kind: 'merge', name }, { kind: 'hf', name, files });
+  const est = await admit(name, () => folderShape(name, files));
+  if (est === false) return;
+  newSlot({ kind: 'merge', name }, { kind: 'hf', name, files }, est);
 }
 
 
@@ -596,6 +630,8 @@ async function addMerge() {
 let hubPreview: { model: HubModel; shape: ModelShape; name: string; toFetch: number; total: number } | null = null;
 let hubCtl: AbortController | null = null;
 let hubReadSeq = 0;
+/** The adapter's limits as last asked (null: CPU, or no WebGPU). */
+let hubLimits: GpuLimits | null = null;
 
 /** The hub base URL: the Merge tab's setting field when set (it saves it), else `?hub=` / saved / huggingface.co. */
 function hubBase(): string {
@@ -631,6 +667,7 @@ async function readHub(repo: string, revision: string): Promise<void> {
     const files = generateFiles(model);
     const shape = hubShape(model);
     const toFetch = await bytesToDownload(files);
+    hubLimits = await gpuLimits();
     if (seq !== hubReadSeq) return;
     const name = `${repo}@${revision}`;
     hubPreview = { model, shape, name, toFetch, total: files.reduce((a, f) => a + f.size, 0) };
@@ -652,9 +689,10 @@ function showHubPreview() {
   box.dataset.params = String(est.params);
   box.dataset.download = String(toFetch);
   box.dataset.peak = String(est.peak);
+  box.dataset.held = String(est.held);
   const commit = model.commit ? ` (commit ${model.commit.slice(0, 12)})` : '';
   $('gen-hub-info').textContent =
-    `${name}${commit}: ${fmtCount(est.params)} parameters · download ${fmtMem(toFetch)}${toFetch < total ? ` (${fmtMem(total - toFetch)} already here)` : ''} · ${describeEstimate(est)}`;
+    `${name}${commit}: ${fmtCount(est.params)} parameters · download ${fmtMem(toFetch)}${toFetch < total ? ` (${fmtMem(total - toFetch)} already here)` : ''} · ${describeEstimate(est, hubLimits)}`;
   const tooBig = checkLoad(name, shape, q);
   $<HTMLButtonElement>('gen-hub-load').disabled = !!tooBig || slots.length >= MAX_MODELS;
   if (tooBig) setHubStatus(tooBig, 'error');
@@ -690,7 +728,7 @@ async function loadHub() {
       text.dataset.done = String(done);
     });
     setHubStatus(`Downloaded ${name}; loading it…`, 'ok');
-    newSlot({ kind: 'hub', name, repo: model.repo, revision: model.revision }, { kind: 'hf', name, files });
+    newSlot({ kind: 'hub', name, repo: model.repo, revision: model.revision }, { kind: 'hf', name, files }, estimateLoad(shape, q));
   } catch (e) {
     if (ctl.signal.aborted) setHubStatus('Download cancelled: nothing partial was kept in the cache.', 'info');
     else setHubStatus(e instanceof Error ? e.message : String(e), 'error');
@@ -908,6 +946,10 @@ function build(root: HTMLElement) {
   $('gen-hub-cancel').addEventListener('click', () => hubCtl?.abort());
   // The estimate depends on quantize-on-load: redo the preview's line when it changes.
   $('gen-quantize').addEventListener('change', () => {
+    if (hubPreview && !hubCtl) showHubPreview();
+  });
+  $('gen-backend').addEventListener('change', async () => {
+    hubLimits = await gpuLimits();
     if (hubPreview && !hubCtl) showHubPreview();
   });
   $('gen-run').addEventListener('click', run);

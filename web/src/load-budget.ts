@@ -72,11 +72,23 @@ export interface LoadEstimate {
   /** the peak of WebAssembly memory: max(loaded + read buffer, held + KV) + the engine's own */
   peak: number;
   budget: number;
+  /** On WebGPU (GpuLlama): the weights uploaded (quantized ones in the split layout: f32 scale
+   * [+ f32 min] + packed quants per block of 32), the GPU KV cache for `positions`, and one
+   * layer's k (or v) buffer, which must fit one storage binding. */
+  gpu: { weights: number; kv: number; kvLayer: number };
+}
+
+/** The WebGPU limits that bound one buffer (GPUSupportedLimits). */
+export interface GpuLimits {
+  maxBufferSize: number;
+  maxStorageBufferBindingSize: number;
 }
 
 const SAFETENSORS_BYTES: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1, F8_E4M3: 1, F8_E5M2: 1 };
 /** GGUF types the loader keeps as blocks: bytes per block of 32. */
 const BLOCK_BYTES: Record<string, number> = { Q8_0: 34, Q4_0: 18, Q4_1: 20 };
+/** ... and in the GPU's aligned split layout (quant::SplitBlocks: f32 scale, f32 min for Q4_1, u32 quant words). */
+const SPLIT_BYTES: Record<string, number> = { Q8_0: 36, Q4_0: 20, Q4_1: 24 };
 
 const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 
@@ -108,8 +120,9 @@ function quantizable(t: TensorDesc): boolean {
 
 /** The estimate for `shape` loaded with quantize-on-load `quantize` ('' = none, q8_0, q4_0). */
 export function estimateLoad(shape: ModelShape, quantize: string): LoadEstimate {
-  let params = 0, fileBytes = 0, loaded = 0, held = 0, readBuffer = 0;
+  let params = 0, fileBytes = 0, loaded = 0, held = 0, readBuffer = 0, gpuWeights = 0;
   const qBytes = quantize === 'q8_0' ? 34 : quantize === 'q4_0' ? 18 : 0;
+  const qSplit = quantize === 'q8_0' ? 36 : quantize === 'q4_0' ? 20 : 0;
   for (const t of shape.tensors) {
     const n = numel(t.shape);
     params += n;
@@ -118,13 +131,30 @@ export function estimateLoad(shape: ModelShape, quantize: string): LoadEstimate 
     readBuffer = Math.max(readBuffer, stored);
     const l = loadedBytes(t, shape.format);
     loaded += l;
-    held += qBytes && quantizable(t) ? (n / QK) * qBytes : l;
+    const q = qBytes > 0 && quantizable(t);
+    held += q ? (n / QK) * qBytes : l;
+    const split = shape.format === 'gguf' ? SPLIT_BYTES[t.dtype] : undefined;
+    gpuWeights += q ? (n / QK) * qSplit : split ? (n / QK) * split : l;
   }
   const positions = Math.max(1, Math.min(shape.context || CONTEXT_POSITIONS, CONTEXT_POSITIONS));
   const kv = 2 * shape.layers * positions * shape.kvHeads * shape.headDim * 4;
   const overhead = ENGINE_OVERHEAD + shape.tokenizerBytes * 4;
   const peak = Math.max(loaded + readBuffer, held + kv) + overhead;
-  return { params, fileBytes, loaded, held, readBuffer, kv, positions, peak, budget: WASM_BUDGET };
+  const kvLayer = positions * shape.kvHeads * shape.headDim * 4;
+  return { params, fileBytes, loaded, held, readBuffer, kv, positions, peak, budget: WASM_BUDGET, gpu: { weights: gpuWeights, kv: 2 * shape.layers * kvLayer, kvLayer } };
+}
+
+/**
+ * What the GPU path needs against this adapter's buffer limits: null when it fits, else why the
+ * model will run on the CPU instead (GpuKvCache::new refuses a layer's cache over one binding).
+ * WebGPU does not expose the GPU's total memory; an allocation past it fails at upload, and the
+ * engine then runs the model on the CPU and says so.
+ */
+export function checkGpu(e: LoadEstimate, limits: GpuLimits): string | null {
+  const binding = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
+  if (e.gpu.kvLayer > binding)
+    return `its KV cache needs ${fmtBytes(e.gpu.kvLayer)} per layer for ${e.positions} positions, over this GPU's largest storage buffer (${fmtBytes(binding)}): it will run on the CPU`;
+  return null;
 }
 
 export function fmtBytes(n: number): string {
@@ -138,9 +168,14 @@ export function fmtBytes(n: number): string {
   return i === 0 ? `${n} B` : `${v.toFixed(v >= 100 ? 0 : 1)} ${u[i]}`;
 }
 
-/** One line for the page: parameters, download, memory against the budget. */
-export function describeEstimate(e: LoadEstimate): string {
-  return `needs about ${fmtBytes(e.peak)} of the browser's ${fmtBytes(e.budget)} WebAssembly memory (weights ${fmtBytes(e.held)}${e.held !== e.loaded ? `, ${fmtBytes(e.loaded)} while loading` : ''}; KV cache ${fmtBytes(e.kv)} for ${e.positions} positions)`;
+/** One line for the page: memory against the budget (and the GPU's share when `limits` are known). */
+export function describeEstimate(e: LoadEstimate, limits?: GpuLimits | null): string {
+  let s = `needs about ${fmtBytes(e.peak)} of the browser's ${fmtBytes(e.budget)} WebAssembly memory (weights ${fmtBytes(e.held)}${e.held !== e.loaded ? `, ${fmtBytes(e.loaded)} while loading` : ''}; KV cache ${fmtBytes(e.kv)} for ${e.positions} positions)`;
+  if (limits) {
+    const gpu = checkGpu(e, limits);
+    s += gpu ? `; WebGPU: ${gpu}` : `; on WebGPU also ${fmtBytes(e.gpu.weights + e.gpu.kv)} of GPU buffers (each at most ${fmtBytes(Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize))})`;
+  }
+  return s;
 }
 
 /**
