@@ -25,6 +25,10 @@ const BASE = join(ROOT, 'tests/fixtures/merge/models/base');
 const MIXTRAL_SHARDED = join(ROOT, 'tests/fixtures/moe/mixtral_bf16_sharded');
 const MIXTRAL_TOKENIZER = join(ROOT, 'tests/fixtures/moe/mixtral/tokenizer.json');
 const PROMPT = 'the merge model';
+// The real SmolLM2-135M-Instruct Q4_1 (scripts/fetch_models.sh), served as a GGUF-only repo: greedy
+// ` Paris` = ids 7042 30 (llama.cpp / transformers, as in generate.test.mjs).
+const SMOL = join(ROOT, '.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf');
+const SMOL_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf';
 
 let server, hub, browser, work, shardedDir;
 
@@ -51,6 +55,7 @@ const HUGE = {
 
 before(async () => {
   assert.ok(existsSync(join(DIST, 'index.html')), 'dist/ is missing: run `npm run build` first');
+  assert.ok(existsSync(SMOL), `${SMOL} is missing: run scripts/fetch_models.sh (npm run setup does) first`);
   work = mkdtempSync(join(tmpdir(), 'crucible-genhub-e2e-'));
   // The sharded BF16 Mixtral with a tokenizer, as a local folder too.
   shardedDir = join(work, 'mixtral_sharded');
@@ -63,7 +68,7 @@ before(async () => {
   for (const [f, b] of Object.entries(HUGE)) writeFileSync(join(hugeDir, f), b);
   server = await serve(DIST);
   hub = await serveHub(
-    { 'tiny/base': BASE, 'tiny/mixtral-sharded': shardedDir, 'slow/base': BASE, 'bad/huge': HUGE },
+    { 'tiny/base': BASE, 'tiny/mixtral-sharded': shardedDir, 'slow/base': BASE, 'bad/huge': HUGE, 'gguf/smollm2': { [SMOL_FILE]: readFileSync(SMOL), 'README.md': Buffer.from('# SmolLM2 GGUF\n') } },
     { slow: { 'slow/base': { chunk: 1024, delayMs: 80 } } },
   );
   browser = await launchChromium();
@@ -87,11 +92,12 @@ async function newPage(url = `${server.url}?hub=${encodeURIComponent(hub.url)}`)
   return { page, context, errors };
 }
 
-/** Read repo@revision with the hub form; resolves once the status says ok or error. */
-async function readHub(page, repo, revision = 'main') {
+/** Read repo@revision (its GGUF file `gguf` if given) with the hub form; resolves once the status says ok or error. */
+async function readHub(page, repo, revision = 'main', gguf = '') {
   await page.evaluate(() => (document.querySelector('#gen-hub-status').className = 'gen-run-status'));
   await page.fill('#gen-hub-repo', repo);
   await page.fill('#gen-hub-revision', revision);
+  await page.fill('#gen-hub-gguf', gguf);
   await page.click('#gen-hub-read');
   await page.waitForSelector('#gen-hub-status.ok, #gen-hub-status.error', { timeout: 20_000 });
   return { ok: (await page.getAttribute('#gen-hub-status', 'class')).includes('ok'), text: await page.textContent('#gen-hub-status') };
@@ -255,5 +261,36 @@ describe('Hub models in the Generate tab', () => {
     assert.deepEqual(got.ids, ref.ids);
     assert.deepEqual(b.errors, []);
     await b.context.close();
+  });
+
+  it('a GGUF file of a hub repo (SmolLM2-135M Q4_1): header by Range, then downloaded once, greedy " Paris"', async () => {
+    const { page, context, errors } = await newPage();
+    await page.selectOption('#gen-backend', 'cpu');
+    let r = await readHub(page, 'gguf/smollm2', 'main', 'missing.gguf');
+    assert.ok(!r.ok);
+    assert.match(r.text, /gguf\/smollm2@main: missing\.gguf was not found/);
+    r = await readHub(page, 'gguf/smollm2', 'main', SMOL_FILE);
+    assert.ok(r.ok, r.text);
+    // gguf-py: 134 515 008 elements; nothing but Range reads of the header so far.
+    assert.equal(Number(await page.getAttribute('#gen-hub-preview', 'data-params')), 134515008);
+    assert.equal(Number(await page.getAttribute('#gen-hub-preview', 'data-download')), size(SMOL));
+    const gets = hub.log.filter((e) => e.url.startsWith('/gguf/smollm2/') && e.url.endsWith(SMOL_FILE) && e.method === 'GET');
+    assert.ok(gets.length > 0 && gets.every((e) => e.range !== null && e.status === 206), JSON.stringify(gets));
+    assert.ok(gets.reduce((a, e) => a + e.sent, 0) < 16 << 20, 'more than the header was read');
+    await page.click('#gen-hub-load');
+    await slotsReady(page, 1);
+    assert.equal(await page.textContent('.gen-slot .gen-name'), `gguf/smollm2@main/${SMOL_FILE}`);
+    assert.match(await page.textContent('.gen-slot .gen-info'), /Q4_1/);
+    await page.check('#gen-greedy');
+    await page.fill('#gen-max-tokens', '2');
+    await page.fill('#gen-prompt', 'The capital of France is');
+    await page.click('#gen-run');
+    await page.waitForSelector('.gen-slot[data-reason]', { timeout: 60_000 });
+    assert.equal(await page.getAttribute('.gen-slot', 'data-ids'), '7042,30');
+    const whole = hub.log.filter((e) => e.url === `/gguf/smollm2/resolve/${repoCommit('gguf/smollm2')}/${SMOL_FILE}` && e.range === null);
+    assert.equal(whole.length, 1);
+    assert.deepEqual((await cachedPaths(page)).filter((p) => p.startsWith('/gguf/')), [`/gguf/smollm2/resolve/${repoCommit('gguf/smollm2')}/${SMOL_FILE}`]);
+    assert.deepEqual(errors, []);
+    await context.close();
   });
 });

@@ -46,7 +46,7 @@ const body = (models) => ({ m: [], r: { merge_method: 'linear', models: [] }, g:
 
 describe('share schema: hub models in the Generate tab', () => {
   it('a hub model round-trips as {kind, repo, revision}; the revision defaults to main', async () => {
-    const models = [{ kind: 'hub', repo: 'HuggingFaceTB/SmolLM2-135M-Instruct', revision: 'main' }, { kind: 'bundled', name: 'tiny-mixtral' }, { kind: 'hub', repo: 'gpt2', revision: '607a30d783dfa663caf39e06633721c8d4cfcd7e' }];
+    const models = [{ kind: 'hub', repo: 'HuggingFaceTB/SmolLM2-135M-Instruct', revision: 'main' }, { kind: 'bundled', name: 'tiny-mixtral' }, { kind: 'hub', repo: 'owner/smol-gguf', revision: '607a30d783dfa663caf39e06633721c8d4cfcd7e', gguf: 'q4/model.Q4_1.gguf' }];
     const dec = await S.decodeFragment(fragmentOf(body(models)));
     assert.equal(dec.ok, true, dec.message);
     assert.deepEqual(dec.state.generate.models, models);
@@ -67,6 +67,8 @@ describe('share schema: hub models in the Generate tab', () => {
       [{ kind: 'hub', repo: 'a/b', revision: 'main', name: 'x' }, 'generate.models[0]', /unknown field "name"/],
       [{ kind: 'hub', repo: 'a/b', size: 5 }, 'generate.models[0]', /unknown field "size"/],
       [{ kind: 'bundled', name: 'x', repo: 'a/b' }, 'generate.models[0]', /unknown field "repo"/],
+      [{ kind: 'hub', repo: 'a/b', revision: 'main', gguf: '../x.gguf' }, 'generate.models[0].gguf', /is not a relative file path/],
+      [{ kind: 'hub', repo: 'a/b', revision: 'main', gguf: 'model.safetensors' }, 'generate.models[0].gguf', /is not a \.gguf file name/],
     ];
     for (const [m, field, pattern] of cases) {
       const r = await S.decodeFragment(fragmentOf(body([m])));

@@ -11,8 +11,8 @@
 // files by name and size).
 import type { Backend, FromWorker, ModelInfo, ModelSourceMsg, Perplexity, SamplingOptions, TokenExperts, ToWorker } from './generate.worker';
 import { getLastMerge, onLastMergeChange } from './last-merge';
-import { checkLoad, describeEstimate, estimateLoad, fmtBytes as fmtMem, folderShape, ggufShape, safetensorsTensors, shapeFromConfig, type GpuLimits, type LoadEstimate, type ModelShape } from './load-budget';
-import { fetchHubFiles, generateFiles, bytesToDownload, initialHubBase, loadHubModel, normalizeBase, checkRepoId, checkRevision, type HubModel } from './hub';
+import { checkLoad, describeEstimate, estimateLoad, fmtBytes as fmtMem, folderShape, ggufShape, ggufShapeFrom, safetensorsTensors, shapeFromConfig, type GpuLimits, type LoadEstimate, type ModelShape } from './load-budget';
+import { fetchHubFiles, generateFiles, bytesToDownload, initialHubBase, loadHubGguf, loadHubModel, normalizeBase, checkRepoId, checkRevision, readHubPrefix, type HubFile, type HubModel } from './hub';
 import './generate.css';
 import demoConfigUrl from '../../tests/fixtures/moe/mixtral/config.json?url';
 import demoWeightsUrl from '../../tests/fixtures/moe/mixtral/model.safetensors?url';
@@ -25,7 +25,8 @@ type SourceDesc =
   | { kind: 'local-folder'; name: string; size: number }
   | { kind: 'merge'; name: string }
   | { kind: 'bundled'; name: string }
-  | { kind: 'hub'; name: string; repo: string; revision: string };
+  // gguf: a GGUF file of the repo, loaded instead of its safetensors
+  | { kind: 'hub'; name: string; repo: string; revision: string; gguf?: string };
 
 type Slot = {
   id: number;
@@ -627,7 +628,7 @@ async function addMerge() {
 // from memory / Cache Storage / a download with progress and Cancel → the worker's `hf` source.
 
 /** The hub model read last (its preview is shown), and the download in progress. */
-let hubPreview: { model: HubModel; shape: ModelShape; name: string; toFetch: number; total: number } | null = null;
+let hubPreview: { model: HubModel; shape: ModelShape; name: string; toFetch: number; total: number; files: HubFile[]; gguf: string } | null = null;
 let hubCtl: AbortController | null = null;
 let hubReadSeq = 0;
 /** The adapter's limits as last asked (null: CPU, or no WebGPU). */
@@ -654,23 +655,30 @@ function hubShape(m: HubModel): ModelShape {
 }
 
 /** Read `repo@revision`'s config.json and headers; show parameters, download and memory. */
-async function readHub(repo: string, revision: string): Promise<void> {
+async function readHub(repo: string, revision: string, gguf = ''): Promise<void> {
   const seq = ++hubReadSeq;
   hubPreview = null;
   const box = $('gen-hub-preview');
   box.hidden = true;
   const bad = checkRepoId(repo) ?? checkRevision(revision);
   if (bad) return setHubStatus(bad, 'error');
-  setHubStatus(`Reading ${repo}@${revision}: config.json and the safetensors headers…`);
+  setHubStatus(gguf ? `Reading ${repo}@${revision}: the header of ${gguf}…` : `Reading ${repo}@${revision}: config.json and the safetensors headers…`);
   try {
-    const model = await loadHubModel(hubBase(), repo, revision);
-    const files = generateFiles(model);
-    const shape = hubShape(model);
+    let model: HubModel, files: HubFile[], shape: ModelShape;
+    if (gguf) {
+      model = await loadHubGguf(hubBase(), repo, revision, gguf);
+      files = model.files;
+      shape = await ggufShapeFrom((len) => readHubPrefix(model, gguf, len), `${repo}@${revision}: ${gguf}`);
+    } else {
+      model = await loadHubModel(hubBase(), repo, revision);
+      files = generateFiles(model);
+      shape = hubShape(model);
+    }
     const toFetch = await bytesToDownload(files);
     hubLimits = await gpuLimits();
     if (seq !== hubReadSeq) return;
-    const name = `${repo}@${revision}`;
-    hubPreview = { model, shape, name, toFetch, total: files.reduce((a, f) => a + f.size, 0) };
+    const name = gguf ? `${repo}@${revision}/${gguf}` : `${repo}@${revision}`;
+    hubPreview = { model, shape, name, toFetch, total: files.reduce((a, f) => a + f.size, 0), files, gguf };
     showHubPreview();
   } catch (e) {
     if (seq !== hubReadSeq) return;
@@ -702,7 +710,7 @@ function showHubPreview() {
 /** Download (or take from the cache) the previewed model's files and load it in a new slot. */
 async function loadHub() {
   if (!hubPreview || hubCtl) return;
-  const { model, shape, name } = hubPreview;
+  const { model, shape, name, gguf } = hubPreview;
   const q = $<HTMLSelectElement>('gen-quantize').value;
   const tooBig = checkLoad(name, shape, q);
   if (tooBig) return setHubStatus(tooBig, 'error');
@@ -717,7 +725,7 @@ async function loadHub() {
   const t0 = performance.now();
   let shown = 0;
   try {
-    const files = await fetchHubFiles(model, generateFiles(model), ctl.signal, (done, total, file) => {
+    const files = await fetchHubFiles(model, hubPreview.files, ctl.signal, (done, total, file) => {
       const now = performance.now();
       if (now - shown < 100 && done < total) return;
       shown = now;
@@ -728,7 +736,8 @@ async function loadHub() {
       text.dataset.done = String(done);
     });
     setHubStatus(`Downloaded ${name}; loading it…`, 'ok');
-    newSlot({ kind: 'hub', name, repo: model.repo, revision: model.revision }, { kind: 'hf', name, files }, estimateLoad(shape, q));
+    if (gguf) newSlot({ kind: 'hub', name, repo: model.repo, revision: model.revision, gguf }, { kind: 'gguf', file: files.get(gguf)! }, estimateLoad(shape, q));
+    else newSlot({ kind: 'hub', name, repo: model.repo, revision: model.revision }, { kind: 'hf', name, files }, estimateLoad(shape, q));
   } catch (e) {
     if (ctl.signal.aborted) setHubStatus('Download cancelled: nothing partial was kept in the cache.', 'info');
     else setHubStatus(e instanceof Error ? e.message : String(e), 'error');
@@ -744,7 +753,7 @@ async function loadHub() {
 // Share-by-URL state (SHARE, share.ts, adds it to its schema).
 
 /** A model as a link names it (a hub model by repo and revision only). */
-export type SharedModel = Exclude<SourceDesc, { kind: 'hub' }> | { kind: 'hub'; repo: string; revision: string };
+export type SharedModel = Exclude<SourceDesc, { kind: 'hub' }> | { kind: 'hub'; repo: string; revision: string; gguf?: string };
 
 export type GenerateState = {
   prompt: string;
@@ -771,7 +780,7 @@ export function collectGenerateState(): GenerateState {
     quantize: $<HTMLSelectElement>('gen-quantize').value,
     backend: $<HTMLSelectElement>('gen-backend').value,
     pplText: $<HTMLTextAreaElement>('gen-ppl-text').value,
-    models: slots.map((s): SharedModel => (s.source.kind === 'hub' ? { kind: 'hub', repo: s.source.repo, revision: s.source.revision } : s.source)),
+    models: slots.map((s): SharedModel => (s.source.kind === 'hub' ? { kind: 'hub', repo: s.source.repo, revision: s.source.revision, ...(s.source.gguf ? { gguf: s.source.gguf } : {}) } : s.source)),
   };
 }
 
@@ -793,21 +802,22 @@ export function applyGenerateState(s: Partial<GenerateState>): void {
   links.replaceChildren();
   links.hidden = true;
   if (s.models?.length) {
-    const names = s.models.map((m) => (m.kind === 'hub' ? `${m.repo}@${m.revision} (hub: click its button to read it)` : m.kind === 'bundled' ? `${m.name} (bundled: click “Demo”)` : `${m.name} (pick it again)`));
+    const names = s.models.map((m) => (m.kind === 'hub' ? `${m.repo}@${m.revision}${m.gguf ? `/${m.gguf}` : ''} (hub: click its button to read it)` : m.kind === 'bundled' ? `${m.name} (bundled: click “Demo”)` : `${m.name} (pick it again)`));
     setStatus(`The link used these models: ${names.join(', ')}.`);
     // Hub models: one button each; nothing is requested before the click.
     for (const m of s.models) {
       if (m.kind !== 'hub') continue;
-      const b = el('button', 'gen-link-hub', `+ ${m.repo}@${m.revision} from the hub`);
+      const b = el('button', 'gen-link-hub', `+ ${m.repo}@${m.revision}${m.gguf ? `/${m.gguf}` : ''} from the hub`);
       b.type = 'button';
       b.dataset.repo = m.repo;
       b.dataset.revision = m.revision;
       b.addEventListener('click', () => {
         $<HTMLInputElement>('gen-hub-repo').value = m.repo;
         $<HTMLInputElement>('gen-hub-revision').value = m.revision;
+        $<HTMLInputElement>('gen-hub-gguf').value = m.gguf ?? '';
         b.remove();
         links.hidden = links.childElementCount === 0;
-        void readHub(m.repo, m.revision);
+        void readHub(m.repo, m.revision, m.gguf ?? '');
       });
       links.append(b);
       links.hidden = false;
@@ -852,6 +862,7 @@ function build(root: HTMLElement) {
       <label for="gen-hub-repo">Hugging Face Hub</label>
       <input id="gen-hub-repo" type="text" spellcheck="false" autocomplete="off" placeholder="repo id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct" aria-label="Hub repo id">
       <input id="gen-hub-revision" type="text" spellcheck="false" autocomplete="off" value="main" size="10" aria-label="Revision (branch, tag or commit)">
+      <input id="gen-hub-gguf" type="text" spellcheck="false" autocomplete="off" placeholder="GGUF file (optional)" size="22" aria-label="A GGUF file of the repo to load instead of its safetensors (optional)">
       <button id="gen-hub-read" type="submit">+ From the hub</button>
     </form>
     <div id="gen-hub-preview" class="gen-hub-preview" hidden>
@@ -940,7 +951,7 @@ function build(root: HTMLElement) {
   $('gen-add-demo').addEventListener('click', () => void addDemo());
   $('gen-hub-form').addEventListener('submit', (e) => {
     e.preventDefault();
-    void readHub($<HTMLInputElement>('gen-hub-repo').value.trim(), $<HTMLInputElement>('gen-hub-revision').value.trim() || 'main');
+    void readHub($<HTMLInputElement>('gen-hub-repo').value.trim(), $<HTMLInputElement>('gen-hub-revision').value.trim() || 'main', $<HTMLInputElement>('gen-hub-gguf').value.trim());
   });
   $('gen-hub-load').addEventListener('click', () => void loadHub());
   $('gen-hub-cancel').addEventListener('click', () => hubCtl?.abort());

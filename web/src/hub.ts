@@ -130,7 +130,7 @@ async function fetchWhole(m: HubModel, file: string, signal?: AbortSignal): Prom
 }
 
 /** Bytes [start, end] (inclusive) of a file; the full size from Content-Range. */
-async function fetchRange(m: HubModel, file: string, start: number, end: number, signal?: AbortSignal): Promise<{ bytes: Uint8Array; total: number }> {
+async function fetchRange(m: HubModel, file: string, start: number, end: number, signal?: AbortSignal): Promise<{ bytes: Uint8Array; total: number; commit?: string | null }> {
   const url = fileUrl(m, file);
   const ctl = new AbortController();
   const onAbort = () => ctl.abort();
@@ -152,7 +152,8 @@ async function fetchRange(m: HubModel, file: string, start: number, end: number,
     const total = Number(match[3]);
     if (Number(match[1]) !== start || Number(match[2]) !== end || bytes.length !== end - start + 1)
       throw new HubError(`${where(m.repo, m.revision, file)}: asked for bytes ${start}-${end}, got ${bytes.length} bytes (${cr}): the server's Range answer is wrong`);
-    return { bytes, total };
+    const commit = res.headers.get('x-repo-commit');
+    return { bytes, total, commit: commit && /^[0-9a-f]{40}$/.test(commit) ? commit : null };
   } finally {
     signal?.removeEventListener('abort', onAbort);
   }
@@ -305,4 +306,26 @@ export async function fetchHubFiles(m: HubModel, files: HubFile[], signal: Abort
     out.set(f.path, new File([blob], f.path));
   }
   return out;
+}
+
+/** A GGUF file of a hub repo, named by the user: its size and the commit its revision resolves to
+ * (from a Range read of its first 8 bytes, which must be the GGUF magic and a version). The file
+ * is downloaded on Load like the safetensors ones (`fetchHubFiles`). */
+export async function loadHubGguf(base: string, repo: string, revision: string, file: string, signal?: AbortSignal): Promise<HubModel> {
+  const bad = checkRepoId(repo) ?? checkRevision(revision);
+  if (bad) throw new HubError(bad);
+  if (!/^[\w.\-]+(\/[\w.\-]+)*\.gguf$/.test(file) || file.split('/').includes('..'))
+    throw new HubError(`${file} is not a GGUF file name in the repo (a plain relative path ending in .gguf)`);
+  const m: HubModel = { repo, revision, commit: null, base, files: [] };
+  const first = await fetchRange(m, file, 0, 7, signal);
+  if (new TextDecoder().decode(first.bytes.subarray(0, 4)) !== 'GGUF') throw new HubError(`${where(repo, revision, file)} is not a GGUF file (no GGUF magic)`);
+  m.commit = first.commit ?? null;
+  m.files.push({ path: file, size: first.total, url: fileUrl(m, file) });
+  return m;
+}
+
+/** The first `len` bytes (at most the whole file) of `file` of `m`, by one Range request. */
+export async function readHubPrefix(m: HubModel, file: string, len: number, signal?: AbortSignal): Promise<Uint8Array> {
+  const size = m.files.find((f) => f.path === file)?.size ?? len;
+  return (await fetchRange(m, file, 0, Math.min(len, size) - 1, signal)).bytes;
 }

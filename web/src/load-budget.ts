@@ -367,9 +367,14 @@ function parseGguf(b: Uint8Array, file: string): { meta: Map<string, unknown>; t
 }
 
 /** The shape of a GGUF file or Blob from its header (read in growing prefixes, up to 256 MiB). */
-export async function ggufShape(blob: Blob, file: string): Promise<ModelShape> {
+export function ggufShape(blob: Blob, file: string): Promise<ModelShape> {
+  return ggufShapeFrom(async (len) => new Uint8Array(await blob.slice(0, len).arrayBuffer()), file);
+}
+
+/** The same from any reader of a file's first `len` bytes (fewer at its end): a hub file by Range. */
+export async function ggufShapeFrom(read: (len: number) => Promise<Uint8Array>, file: string): Promise<ModelShape> {
   for (let len = 4 << 20; ; len *= 4) {
-    const bytes = new Uint8Array(await blob.slice(0, len).arrayBuffer());
+    const bytes = await read(len);
     try {
       const { meta, tensors } = parseGguf(bytes, file);
       const arch = String(meta.get('general.architecture') ?? 'llama');

@@ -90,7 +90,7 @@ export interface GenerateShare {
   backend?: 'auto' | 'cpu';
   pplText: string;
   /** Hub models by repo and revision (validated as the Merge tab's hub sources); a link never reads them before a click. */
-  models: ({ kind: 'local-gguf' | 'local-folder'; name: string; size: number } | { kind: 'merge' | 'bundled'; name: string } | { kind: 'hub'; repo: string; revision: string })[];
+  models: ({ kind: 'local-gguf' | 'local-folder'; name: string; size: number } | { kind: 'merge' | 'bundled'; name: string } | { kind: 'hub'; repo: string; revision: string; gguf?: string })[];
 }
 
 /** The recipe as the form holds it: the JSON tree of the mergekit YAML. */
@@ -397,8 +397,14 @@ export function checkGenerate(v: unknown, field = 'generate'): GenerateShare {
     const kind = str(e.kind, `${f}.kind`, 32);
     if (!(GENERATE_MODEL_KINDS as readonly string[]).includes(kind)) fail(`${f}.kind`, `unknown kind ${show(kind)} (known: ${GENERATE_MODEL_KINDS.join(', ')})`);
     if (kind === 'hub') {
-      onlyKeys(e, ['kind', 'repo', 'revision'], f);
-      return { kind, repo: checkRepo(e.repo, `${f}.repo`), revision: checkRevision(e.revision ?? 'main', `${f}.revision`) } as const;
+      onlyKeys(e, ['kind', 'repo', 'revision', 'gguf'], f);
+      const hub: { kind: 'hub'; repo: string; revision: string; gguf?: string } = { kind, repo: checkRepo(e.repo, `${f}.repo`), revision: checkRevision(e.revision ?? 'main', `${f}.revision`) };
+      if (e.gguf !== undefined) {
+        const g = checkPath(e.gguf, `${f}.gguf`);
+        if (!g.endsWith('.gguf')) fail(`${f}.gguf`, `${show(g)} is not a .gguf file name`);
+        hub.gguf = g;
+      }
+      return hub;
     }
     onlyKeys(e, ['kind', 'name', 'size'], f);
     const name = checkModelName(e.name, `${f}.name`);
