@@ -263,6 +263,20 @@ unsafe fn rows_avx2(src: Src<'_>, x: &[f32], xsum: &[f32], inp: usize, t: usize,
 }
 
 fn rows(src: Src<'_>, x: &[f32], xsum: &[f32], inp: usize, t: usize, o0: usize, yt: &mut [f32]) {
+    // wasm built with +simd128 (.cargo/config.toml): the f32 and block loops in cpu_simd128.rs
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        use crate::models::cpu_simd128 as simd;
+        if let Src::F32(w, bias) = src {
+            return simd::rows_f32(w, bias, x, inp, t, o0, yt);
+        }
+        if let Src::Blocks(format, bytes) = src {
+            return simd::rows_gguf(format, bytes, x, xsum, inp, t, o0, yt);
+        }
+        if let Src::Split(s) = src {
+            return simd::rows_split(s, x, xsum, inp, t, o0, yt);
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {

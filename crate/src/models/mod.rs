@@ -8,6 +8,7 @@
 
 pub mod config;
 mod cpu_matvec;
+pub mod cpu_simd128;
 pub mod gguf_llama;
 pub mod llama;
 pub mod llama_gpu;
