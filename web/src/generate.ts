@@ -6,9 +6,14 @@
 // the models generate in parallel and the page never blocks. Everything that comes from a model,
 // a file name or a tokenizer reaches the DOM through textContent (never HTML).
 //
+// Sources: a local GGUF file, a local Hugging Face folder, the merge just made, the bundled demo,
+// or a Hub repo + revision (hub.ts: config.json and the safetensors headers first, the files on
+// Load through Cache Storage; or a GGUF file of the repo). Every source passes the memory check of
+// load-budget.ts (`checkLoad`) before the engine sees it.
+//
 // State for share-by-URL: `collectGenerateState()` / `applyGenerateState()` (the prompt, the
-// sampling controls, max tokens, the perplexity text, and the models as bundled names or local
-// files by name and size).
+// sampling controls, max tokens, the perplexity text, and the models as bundled names, local
+// files by name and size, or hub repos by repo + revision, read again only on a click).
 import type { Backend, FromWorker, ModelInfo, ModelSourceMsg, Perplexity, SamplingOptions, TokenExperts, ToWorker } from './generate.worker';
 import { getLastMerge, onLastMergeChange } from './last-merge';
 import { checkLoad, describeEstimate, estimateLoad, fmtBytes as fmtMem, folderShape, ggufShape, ggufShapeFrom, safetensorsTensors, shapeFromConfig, type GpuLimits, type LoadEstimate, type ModelShape } from './load-budget';
@@ -735,7 +740,10 @@ async function loadHub() {
       text.textContent = total ? `downloading ${file} · ${fmtMem(done)} of ${fmtMem(total)} · ${secs > 0.2 ? fmtMem(done / secs) : '–'}/s` : 'every file is already here';
       text.dataset.done = String(done);
     });
-    setHubStatus(`Downloaded ${name}; loading it…`, 'ok');
+    setHubStatus(`${name}: every file is here; it loads below.`, 'ok');
+    // The preview is used up: reading the repo again shows a fresh one.
+    hubPreview = null;
+    $('gen-hub-preview').hidden = true;
     if (gguf) newSlot({ kind: 'hub', name, repo: model.repo, revision: model.revision, gguf }, { kind: 'gguf', file: files.get(gguf)! }, estimateLoad(shape, q));
     else newSlot({ kind: 'hub', name, repo: model.repo, revision: model.revision }, { kind: 'hf', name, files }, estimateLoad(shape, q));
   } catch (e) {
@@ -744,6 +752,7 @@ async function loadHub() {
   } finally {
     hubCtl = null;
     bar.hidden = true;
+    text.textContent = '';
     $<HTMLButtonElement>('gen-hub-cancel').disabled = true;
     $<HTMLButtonElement>('gen-hub-load').disabled = slots.length >= MAX_MODELS;
   }
