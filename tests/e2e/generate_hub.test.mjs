@@ -112,8 +112,13 @@ async function slotsReady(page, n) {
   const bad = await page.$$eval('.gen-slot[data-state="error"] .gen-status', (e) => e.map((x) => x.textContent));
   assert.deepEqual(bad, []);
   // The estimate made from the headers before the load = the engine's own count of the weights it holds.
-  for (const s of await page.$$eval('.gen-slot', (ss) => ss.map((x) => ({ name: x.querySelector('.gen-name').textContent, est: x.dataset.estHeld, engine: x.dataset.weightBytes }))))
+  // And the estimated peak bounds the worker's WebAssembly memory after the load (which never
+  // shrinks, so it is the load's own peak).
+  for (const s of await page.$$eval('.gen-slot', (ss) => ss.map((x) => ({ name: x.querySelector('.gen-name').textContent, est: x.dataset.estHeld, engine: x.dataset.weightBytes, peak: Number(x.dataset.estPeak), wasm: Number(x.dataset.wasmBytes) })))) {
     assert.equal(s.est, s.engine, `${s.name}: estimated weights ${s.est} B, the engine holds ${s.engine} B`);
+    assert.ok(s.wasm > 0 && s.wasm <= s.peak, `${s.name}: WebAssembly memory ${s.wasm} B after loading, over the estimated peak ${s.peak} B`);
+    if (process.env.CRUCIBLE_PRINT_MEMORY) console.log(`memory ${s.name}: estimated peak ${s.peak} B, wasm after load ${s.wasm} B, weights ${s.engine} B`);
+  }
 }
 
 /** Greedy generation of `max` tokens in every slot; resolves to each slot's name and ids. */
@@ -287,6 +292,15 @@ describe('Hub models in the Generate tab', () => {
     await page.click('#gen-run');
     await page.waitForSelector('.gen-slot[data-reason]', { timeout: 60_000 });
     assert.equal(await page.getAttribute('.gen-slot', 'data-ids'), '7042,30');
+    // After a 256-token prompt (the logits the estimate counts), memory is still under the estimated peak.
+    await page.fill('#gen-max-tokens', '1');
+    await page.fill('#gen-prompt', Array(256).fill('the').join(' '));
+    await page.evaluate(() => delete document.querySelector('.gen-slot').dataset.reason);
+    await page.click('#gen-run');
+    await page.waitForSelector('.gen-slot[data-reason]', { timeout: 120_000 });
+    const mem = await page.$eval('.gen-slot', (x) => ({ wasm: Number(x.dataset.wasmBytes), peak: Number(x.dataset.estPeak) }));
+    assert.ok(mem.wasm <= mem.peak, JSON.stringify(mem));
+    if (process.env.CRUCIBLE_PRINT_MEMORY) console.log(`memory SmolLM2 after a 256-token prompt: ${mem.wasm} B of the estimated ${mem.peak} B`);
     const whole = hub.log.filter((e) => e.url === `/gguf/smollm2/resolve/${repoCommit('gguf/smollm2')}/${SMOL_FILE}` && e.range === null);
     assert.equal(whole.length, 1);
     assert.deepEqual((await cachedPaths(page)).filter((p) => p.startsWith('/gguf/')), [`/gguf/smollm2/resolve/${repoCommit('gguf/smollm2')}/${SMOL_FILE}`]);

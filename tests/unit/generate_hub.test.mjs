@@ -102,7 +102,8 @@ describe('load budget: the estimate', () => {
     assert.equal(e.readBuffer, 2048 * 4);
     assert.equal(e.positions, 2048); // min(context 4096, 2048)
     assert.equal(e.kv, 2 * 1 * 2048 * 2 * 8 * 4);
-    assert.equal(e.peak, Math.max(e.loaded + e.readBuffer, e.held + e.kv) + B.ENGINE_OVERHEAD + 4 * 1000);
+    assert.equal(e.logits, 256 * 64 * 4); // 256 rows of the 64-token vocabulary (embed_tokens rows)
+    assert.equal(e.peak, Math.max(e.loaded + e.readBuffer, e.held + e.kv + e.logits) + B.ENGINE_OVERHEAD + 4 * 1000);
     assert.equal(e.budget, 4 * GiB);
     const q = B.estimateLoad(shape, 'q4_0');
     // quantized: embedding, q_proj, up_proj (rows of 32); not the norm or the router

@@ -266,11 +266,12 @@ function onMessage(slot: Slot, m: FromWorker) {
       return;
     case 'loaded':
       slot.info = m.info;
-      slot.el.info.textContent = describe(m.info);
+      slot.el.info.textContent = `${describe(m.info)} · WebAssembly memory after loading ${fmtMem(m.wasmBytes)}`;
+      slot.el.root.dataset.wasmBytes = String(m.wasmBytes);
       if (slot.est) {
         const est = slot.est;
         void gpuLimits().then((limits) => {
-          slot.el.info.textContent = `${describe(m.info)} · estimate: ${describeEstimate(est, m.info.backend === 'gpu' ? limits : null)}`;
+          slot.el.info.textContent = `${describe(m.info)} · WebAssembly memory after loading ${fmtMem(m.wasmBytes)}; estimate: ${describeEstimate(est, m.info.backend === 'gpu' ? limits : null)}`;
         });
         slot.el.root.dataset.estHeld = String(est.held);
         slot.el.root.dataset.estPeak = String(est.peak);
@@ -315,6 +316,7 @@ function onMessage(slot: Slot, m: FromWorker) {
       slot.el.root.dataset.forwards = String(m.forwards);
       slot.el.root.dataset.decodeMs = m.decodeMs.toFixed(1);
       slot.el.root.dataset.prefillMs = m.prefillMs.toFixed(1);
+      slot.el.root.dataset.wasmBytes = String(m.wasmBytes);
       slot.el.root.dataset.reason = m.reason;
       setReady(slot, `Done: ${m.reason} (${m.generated} tokens).`);
       if (slot.info?.moe) drawHeat(slot);

@@ -6,6 +6,7 @@
 // yields to its message queue, so a `stop` message ends the generation after the current token.
 // Perplexity runs in one call (the page terminates this worker to cancel it).
 import init, { Generator, last_panic } from '../pkg/crucible.js';
+import { wasmInitError } from './wasm_error';
 
 /** Where the model's files come from. */
 export type ModelSourceMsg =
@@ -66,12 +67,13 @@ export type ToWorker =
 
 export type FromWorker =
   | { type: 'ready' }
-  | { type: 'loaded'; info: ModelInfo; ms: number }
+  // wasmBytes: this worker's WebAssembly memory after the load (it never shrinks: the load's peak)
+  | { type: 'loaded'; info: ModelInfo; ms: number; wasmBytes: number }
   | { type: 'started'; promptTokens: number; ids: number[]; pieces: string[]; prefillMs: number; experts: TokenExperts[] | null; backend: Backend }
   // fallback: set when this step left the GPU for the CPU (the reason)
   | { type: 'token'; text: string; token: number; generated: number; experts: TokenExperts | null; elapsedMs: number; backend: Backend; fallback: string | null }
   // forwards: decode steps that ran the model (the last drawn token is not run); decodeMs: time of all steps
-  | { type: 'done'; reason: string; generated: number; promptTokens: number; prefillMs: number; decodeMs: number; forwards: number }
+  | { type: 'done'; reason: string; generated: number; promptTokens: number; prefillMs: number; decodeMs: number; forwards: number; wasmBytes: number }
   | { type: 'ppl-progress'; done: number; total: number }
   | { type: 'ppl'; result: Perplexity | null; ms: number }
   | { type: 'error'; message: string; during: 'load' | 'generate' | 'perplexity'; fatal?: boolean };
@@ -81,7 +83,7 @@ const ctx = globalThis as unknown as {
   addEventListener(type: 'message', f: (e: MessageEvent<ToWorker>) => void): void;
 };
 
-const engine = init();
+const engine = init().catch((e: unknown) => Promise.reject(wasmInitError(e)));
 let gen: Generator | null = null;
 let stopRequested = false;
 let running = false;
@@ -133,7 +135,7 @@ async function generate(prompt: string, sampling: SamplingOptions, maxTokens: nu
       }
       forwards++;
     }
-    ctx.postMessage({ type: 'done', reason, generated, promptTokens: s.prompt_tokens, prefillMs, decodeMs, forwards });
+    ctx.postMessage({ type: 'done', reason, generated, promptTokens: s.prompt_tokens, prefillMs, decodeMs, forwards, wasmBytes: (await engine).memory.buffer.byteLength });
   } finally {
     running = false;
   }
@@ -160,7 +162,7 @@ ctx.addEventListener('message', async (e) => {
       gen = src.kind === 'gguf' ? Generator.from_gguf(src.file, msg.quantize) : Generator.from_hf(src.name, src.files, msg.quantize);
       if (msg.backend === 'auto') await gen.use_gpu(0);
       else gen.use_cpu('CPU chosen in the page');
-      ctx.postMessage({ type: 'loaded', info: JSON.parse(gen.info()), ms: performance.now() - t0 });
+      ctx.postMessage({ type: 'loaded', info: JSON.parse(gen.info()), ms: performance.now() - t0, wasmBytes: (await engine).memory.buffer.byteLength });
     } catch (err) {
       fail(err, 'load');
     }

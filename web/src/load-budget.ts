@@ -31,8 +31,12 @@
 export const WASM_BUDGET = 4 * 1024 ** 3;
 /** Positions the KV cache is counted for (GpuLlamaOptions' default context, min with the model's). */
 export const CONTEXT_POSITIONS = 2048;
-/** The engine's own memory besides the weights: its code's data, activations, logits, pools. */
-export const ENGINE_OVERHEAD = 64 * 1024 ** 2;
+/** The engine's own memory besides the weights and the logits: its data, activations, pools
+ * (SmolLM2-135M Q4_1 measured: 13 MB of WebAssembly memory beyond its weights after the load). */
+export const ENGINE_OVERHEAD = 32 * 1024 ** 2;
+/** Tokens whose logits one forward may return at once (a prompt, a perplexity window of the
+ * default 256): T × vocab × 4 bytes. */
+export const LOGIT_ROWS = 256;
 const QK = 32;
 
 /** One tensor as a header describes it. `dtype`: a safetensors dtype (F32, BF16, ...) or a GGUF
@@ -68,8 +72,10 @@ export interface LoadEstimate {
   readBuffer: number;
   /** the CPU KV cache for `positions` positions */
   kv: number;
+  /** logits of LOGIT_ROWS tokens (LOGIT_ROWS × vocab × 4) */
+  logits: number;
   positions: number;
-  /** the peak of WebAssembly memory: max(loaded + read buffer, held + KV) + the engine's own */
+  /** the peak of WebAssembly memory: max(loaded + read buffer, held + KV + logits) + the engine's own */
   peak: number;
   budget: number;
   /** On WebGPU (GpuLlama): the weights uploaded (quantized ones in the split layout: f32 scale
@@ -138,10 +144,12 @@ export function estimateLoad(shape: ModelShape, quantize: string): LoadEstimate 
   }
   const positions = Math.max(1, Math.min(shape.context || CONTEXT_POSITIONS, CONTEXT_POSITIONS));
   const kv = 2 * shape.layers * positions * shape.kvHeads * shape.headDim * 4;
+  const embed = shape.tensors.find((t) => /(^|\.)(embed_tokens|token_embd)\.weight$/.test(t.name));
+  const logits = LOGIT_ROWS * (embed?.shape[0] ?? 0) * 4;
   const overhead = ENGINE_OVERHEAD + shape.tokenizerBytes * 4;
-  const peak = Math.max(loaded + readBuffer, held + kv) + overhead;
+  const peak = Math.max(loaded + readBuffer, held + kv + logits) + overhead;
   const kvLayer = positions * shape.kvHeads * shape.headDim * 4;
-  return { params, fileBytes, loaded, held, readBuffer, kv, positions, peak, budget: WASM_BUDGET, gpu: { weights: gpuWeights, kv: 2 * shape.layers * kvLayer, kvLayer } };
+  return { params, fileBytes, loaded, held, readBuffer, kv, logits, positions, peak, budget: WASM_BUDGET, gpu: { weights: gpuWeights, kv: 2 * shape.layers * kvLayer, kvLayer } };
 }
 
 /**
