@@ -11,6 +11,7 @@ pub mod matmul;
 pub mod moe;
 pub mod qmatmul;
 pub mod qmatvec;
+pub mod qmatvec_id;
 pub mod rmsnorm;
 pub mod rope;
 pub mod router;

@@ -1,0 +1,146 @@
+// qmatvec_id.wgsl: expert-indexed matrix–vector products for mixture-of-experts layers, the
+// expert of each product read on the GPU (no CPU plan, no readback).
+//
+//   for each pair p < pairs (p = t·top_k + s: token t, slot s):
+//     e        = u32(ids[ids_offset + p])                 the expert the router chose (f32-coded)
+//     y[p, r]  = Σ_{j<K} W[e·N + r, j] · x[p / x_div, j]    r < N
+//
+//   W: (E·N, K): the E experts of one projection stacked by rows (expert e at rows e·N ..
+//   (e+1)·N), F32 or 32-weight blocks in the aligned split layout of qmatvec.wgsl
+//   x: (rows, K) f32: x_div = top_k → one input row per token (gate/up of hs), x_div = 1 → one
+//   per pair (down of the SwiGLU rows); y: (pairs, N) f32
+//
+// The idea is llama.cpp's `mul_mat_id` (ggml `GGML_OP_MUL_MAT_ID`; Vulkan
+// `mul_mat_vec.comp` with MUL_MAT_ID, WebGPU `mul_mat_vec.wgsl`): the router's ids select the
+// weight rows inside the kernel, so a whole sparse layer is recorded without knowing which
+// experts run. Papers: Shazeer et al. arXiv 1701.06538; Mixtral arXiv 2401.04088.
+// Dequantization as llama.cpp ggml-quants.c `dequantize_row_q8_0 / _q4_0 / _q4_1`:
+//   Q8_0  w = d·q   Q4_0  w = d·(q − 8)   Q4_1  w = d·q + m   (nibble order as qmatvec.wgsl)
+// Host side and CPU reference: crate/src/ops/qmatvec_id.rs.
+//
+// Bindings (group 0)
+//   0  params uniform             Meta (32 bytes)
+//   1  scales storage, read       array<f32>        (E·N·K/32)      quantized formats
+//   2  mins   storage, read       array<f32>        (E·N·K/32)      Q4_1 (any f32 buffer otherwise)
+//   3  qs     storage, read       array<u32>        (E·N·K/32·W)    quants; F32: the weights' bits (E·N·K)
+//   4  ids    storage, read       array<f32>        (≥ ids_offset + pairs)  expert ids as f32
+//                                                    (router.wgsl's output: [w | idx])
+//   5  x      storage, read       array<vec4<f32>>  (rows · K/4)
+//   6  y      storage, read_write array<f32>        (pairs · N)
+//
+// Workgroup layout: as qmatvec.wgsl, 64 threads = 8 output rows × 8 threads, each thread striding
+// over its row's quant words, a 3-step tree per row. Workgroup g (2-D grid, g = wid.y·gx + wid.x)
+// serves pair g / G and rows (g % G)·8 .. +8 of it, G = ⌈N / 8⌉. Threads past the pairs or rows
+// skip loads and stores but meet every barrier. An id ≥ E (never produced by the router) yields 0.
+
+const WG: u32 = 64u;
+const TPR: u32 = 8u;
+const ROWS: u32 = 8u;
+
+struct Meta {
+    n: u32,          // output rows per expert N
+    k: u32,          // row length K (a multiple of 32)
+    format: u32,     // 0 Q8_0, 1 Q4_0, 2 Q4_1, 3 F32
+    pairs: u32,      // (token, slot) pairs = T·top_k
+    x_div: u32,      // x row of pair p: p / x_div
+    ids_offset: u32, // ids[ids_offset + p] is pair p's expert
+    n_experts: u32,  // E
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Meta;
+@group(0) @binding(1) var<storage, read> scales: array<f32>;
+@group(0) @binding(2) var<storage, read> mins: array<f32>;
+@group(0) @binding(3) var<storage, read> qs: array<u32>;
+@group(0) @binding(4) var<storage, read> ids: array<f32>;
+@group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;
+
+var<workgroup> partial: array<f32, WG>;
+
+fn i8x4(word: u32) -> vec4<f32> {
+    let s = bitcast<i32>(word);
+    return vec4<f32>(vec4<i32>(
+        extractBits(s, 0u, 8u),
+        extractBits(s, 8u, 8u),
+        extractBits(s, 16u, 8u),
+        extractBits(s, 24u, 8u),
+    ));
+}
+
+fn u4x4(word: u32, shift: u32) -> vec4<f32> {
+    let v = (vec4<u32>(word) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(shift))) & vec4<u32>(0xFu);
+    return vec4<f32>(v);
+}
+
+@compute @workgroup_size(64)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let t = lid % TPR;
+    let per_pair = (params.n + ROWS - 1u) / ROWS;
+    let g = wid.y * groups.x + wid.x;
+    let pair = g / per_pair;
+    let row = (g % per_pair) * ROWS + lid / TPR;
+    let nb = params.k / 32u;
+    let active = pair < params.pairs && row < params.n;
+
+    var acc = 0.0;
+    if (active) {
+        let e = u32(ids[params.ids_offset + pair]);
+        if (e < params.n_experts) {
+            let wrow = e * params.n + row;     // row of the stacked W
+            let x0 = (pair / params.x_div) * (params.k / 4u);
+            let b0 = wrow * nb;
+            if (params.format == 0u) {
+                let q0 = b0 * 8u;
+                for (var i = t; i < nb * 8u; i = i + TPR) {
+                    let d = scales[b0 + (i >> 3u)];
+                    acc = acc + dot(d * i8x4(qs[q0 + i]), x[x0 + i]);
+                }
+            } else if (params.format == 1u) {
+                let q0 = b0 * 4u;
+                for (var i = t; i < nb * 4u; i = i + TPR) {
+                    let b = i >> 2u;
+                    let d = scales[b0 + b];
+                    let word = qs[q0 + i];
+                    let xi = x0 + 8u * b + (i & 3u);
+                    acc = acc + dot(d * (u4x4(word, 0u) - vec4<f32>(8.0)), x[xi]);
+                    acc = acc + dot(d * (u4x4(word, 4u) - vec4<f32>(8.0)), x[xi + 4u]);
+                }
+            } else if (params.format == 2u) {
+                let q0 = b0 * 4u;
+                for (var i = t; i < nb * 4u; i = i + TPR) {
+                    let b = i >> 2u;
+                    let d = scales[b0 + b];
+                    let m = vec4<f32>(mins[b0 + b]);
+                    let word = qs[q0 + i];
+                    let xi = x0 + 8u * b + (i & 3u);
+                    acc = acc + dot(d * u4x4(word, 0u) + m, x[xi]);
+                    acc = acc + dot(d * u4x4(word, 4u) + m, x[xi + 4u]);
+                }
+            } else {
+                // F32: qs holds the weights' bits, row wrow at wrow·K; one vec4 per step.
+                let w0 = wrow * params.k;
+                for (var i = t; i < params.k / 4u; i = i + TPR) {
+                    let a = w0 + 4u * i;
+                    let w = vec4<f32>(bitcast<f32>(qs[a]), bitcast<f32>(qs[a + 1u]), bitcast<f32>(qs[a + 2u]), bitcast<f32>(qs[a + 3u]));
+                    acc = acc + dot(w, x[x0 + i]);
+                }
+            }
+        }
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var h = TPR / 2u; h > 0u; h = h / 2u) {
+        if (t < h) {
+            partial[lid] = partial[lid] + partial[lid + h];
+        }
+        workgroupBarrier();
+    }
+    if (active && t == 0u) {
+        y[pair * params.n + row] = partial[lid];
+    }
+}
