@@ -8,13 +8,12 @@
 // request log for "nothing before the click" and "only headers before Load".
 //
 // Needs: `npm run build`.
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { serve, launchChromium } from './serve.mjs';
+import { e2eSuite, openPage } from './serve.mjs';
 import { repoCommit, serveHub } from './hub_server.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -53,43 +52,35 @@ const HUGE = {
   'tokenizer.json': readFileSync(join(BASE, 'tokenizer.json')),
 };
 
-before(async () => {
-  assert.ok(existsSync(join(DIST, 'index.html')), 'dist/ is missing: run `npm run build` first');
-  assert.ok(existsSync(SMOL), `${SMOL} is missing: run scripts/fetch_models.sh (npm run setup does) first`);
-  work = mkdtempSync(join(tmpdir(), 'crucible-genhub-e2e-'));
-  // The sharded BF16 Mixtral with a tokenizer, as a local folder too.
-  shardedDir = join(work, 'mixtral_sharded');
-  mkdirSync(shardedDir);
-  for (const f of ['config.json', 'model.safetensors.index.json', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'])
-    writeFileSync(join(shardedDir, f), readFileSync(join(MIXTRAL_SHARDED, f)));
-  writeFileSync(join(shardedDir, 'tokenizer.json'), readFileSync(MIXTRAL_TOKENIZER));
-  const hugeDir = join(work, 'huge');
-  mkdirSync(hugeDir);
-  for (const [f, b] of Object.entries(HUGE)) writeFileSync(join(hugeDir, f), b);
-  server = await serve(DIST);
-  hub = await serveHub(
-    { 'tiny/base': BASE, 'tiny/mixtral-sharded': shardedDir, 'slow/base': BASE, 'bad/huge': HUGE, 'gguf/smollm2': { [SMOL_FILE]: readFileSync(SMOL), 'README.md': Buffer.from('# SmolLM2 GGUF\n') } },
-    { slow: { 'slow/base': { chunk: 1024, delayMs: 80 } } },
-  );
-  browser = await launchChromium();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.close();
-  await hub?.close();
-  if (work) rmSync(work, { recursive: true, force: true });
-});
+e2eSuite(
+  {
+    dist: DIST,
+    prefix: 'crucible-genhub-e2e-',
+    requires: [[SMOL, 'run scripts/fetch_models.sh (npm run setup does) first']],
+    extra: async ({ work: w }) => {
+      // The sharded BF16 Mixtral with a tokenizer, and the huge header, as local folders too.
+      shardedDir = join(w, 'mixtral_sharded');
+      mkdirSync(shardedDir);
+      for (const f of ['config.json', 'model.safetensors.index.json', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'])
+        writeFileSync(join(shardedDir, f), readFileSync(join(MIXTRAL_SHARDED, f)));
+      writeFileSync(join(shardedDir, 'tokenizer.json'), readFileSync(MIXTRAL_TOKENIZER));
+      mkdirSync(join(w, 'huge'));
+      for (const [f, b] of Object.entries(HUGE)) writeFileSync(join(w, 'huge', f), b);
+      hub = await serveHub(
+        { 'tiny/base': BASE, 'tiny/mixtral-sharded': shardedDir, 'slow/base': BASE, 'bad/huge': HUGE, 'gguf/smollm2': { [SMOL_FILE]: readFileSync(SMOL), 'README.md': Buffer.from('# SmolLM2 GGUF\n') } },
+        { slow: { 'slow/base': { chunk: 1024, delayMs: 80 } } },
+      );
+      return () => hub.close();
+    },
+  },
+  (s) => ({ server, browser, work } = s),
+);
 
 async function newPage(url = `${server.url}?hub=${encodeURIComponent(hub.url)}`) {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(url);
-  await page.click('#tab-generate');
-  await page.waitForSelector('#generate-tab[data-ready="true"]', { timeout: 30_000 });
-  return { page, context, errors };
+  const opened = await openPage(browser, url);
+  await opened.page.click('#tab-generate');
+  await opened.page.waitForSelector('#generate-tab[data-ready="true"]', { timeout: 30_000 });
+  return opened;
 }
 
 /** Read repo@revision (its GGUF file `gguf` if given) with the hub form; resolves once the status says ok or error. */
