@@ -209,6 +209,11 @@ describe('Hub models in the Generate tab', () => {
 
   it('a model too big for the browser is refused before any download, naming the model, the estimate and the budget (hub and local folder)', async () => {
     const { page, context, errors } = await newPage();
+    // A repo id that is HTML is refused, shown as text.
+    const evil = '<img src=x onerror="window.__pwned=1">';
+    const e = await readHub(page, evil);
+    assert.ok(!e.ok && e.text.includes(evil), e.text);
+    assert.equal(await page.locator('img').count(), 0);
     const r = await readHub(page, 'bad/huge');
     assert.ok(!r.ok);
     assert.match(r.text, /^bad\/huge@main is too big for the browser: loading it needs about \d+\.\d GiB of WebAssembly memory .* over the 4\.0 GiB a page can have .* To run it: .*smaller model\.$/);
@@ -223,6 +228,7 @@ describe('Hub models in the Generate tab', () => {
     await page.waitForSelector('#gen-run-status.error');
     assert.match(await page.textContent('#gen-run-status'), /^huge is too big for the browser: loading it needs about \d+\.\d GiB/);
     assert.equal(await page.locator('.gen-slot').count(), 0);
+    assert.equal(await page.evaluate(() => window.__pwned), undefined);
     assert.deepEqual(errors, []);
     await context.close();
   });

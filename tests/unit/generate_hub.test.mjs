@@ -131,6 +131,30 @@ describe('load budget: the estimate', () => {
   });
 });
 
+describe('load budget: the GPU buffers', () => {
+  it('weights in the split layout, the GPU KV cache, and one layer\'s cache against the binding limit', () => {
+    const shape = {
+      format: 'gguf',
+      tensors: [
+        { name: 'token_embd.weight', dtype: 'Q8_0', shape: [1000, 64] }, // split: 36 B per 32
+        { name: 'blk.0.attn_q.weight', dtype: 'Q4_1', shape: [64, 64] }, // split: 24 B per 32
+        { name: 'blk.0.attn_norm.weight', dtype: 'F32', shape: [64] },
+      ],
+      layers: 2, kvHeads: 4, headDim: 16, context: 100000, tokenizerBytes: 0,
+    };
+    const e = B.estimateLoad(shape, '');
+    assert.equal(e.held, (64000 / 32) * 34 + (4096 / 32) * 20 + 64 * 4);
+    assert.equal(e.gpu.weights, (64000 / 32) * 36 + (4096 / 32) * 24 + 64 * 4);
+    assert.equal(e.gpu.kvLayer, 2048 * 4 * 16 * 4);
+    assert.equal(e.gpu.kv, 2 * 2 * e.gpu.kvLayer);
+    assert.equal(B.checkGpu(e, { maxBufferSize: 1 << 30, maxStorageBufferBindingSize: 128 << 20 }), null);
+    const small = { maxBufferSize: 256 << 10, maxStorageBufferBindingSize: 128 << 20 };
+    assert.match(B.checkGpu(e, small), /^its KV cache needs 512 KiB per layer for 2048 positions, over this GPU's largest storage buffer \(256 KiB\): it will run on the CPU$/);
+    assert.match(B.describeEstimate(e, small), /; WebGPU: its KV cache needs 512 KiB per layer/);
+    assert.match(B.describeEstimate(e, { maxBufferSize: 1 << 30, maxStorageBufferBindingSize: 128 << 20 }), /; on WebGPU also [\d.]+ (KiB|MiB) of GPU buffers \(each at most 128 MiB\)$/);
+  });
+});
+
 describe('load budget: header readers', () => {
   it('reads a safetensors header from a Blob; errors name the file', async () => {
     const p = join(ROOT, 'tests/fixtures/merge/models/base/model.safetensors');
