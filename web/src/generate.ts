@@ -627,7 +627,6 @@ async function addMerge() {
   newSlot({ kind: 'merge', name }, { kind: 'hf', name, files }, est);
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Hub models (hub.ts): repo id + revision → config.json and the safetensors headers (Range reads)
 // → parameters, bytes to download and the memory estimate, before any weight moves; Load →
