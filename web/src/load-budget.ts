@@ -17,8 +17,10 @@
 //     (the CPU fallback), so the WebAssembly budget applies on both backends;
 //   - the CPU KV cache grows to the positions used: 2 (k, v) × layers × positions × kv_heads ×
 //     head_dim × 4 bytes, counted here for CONTEXT_POSITIONS (the GPU path's default context).
-// The budget: the module declares no maximum memory, so a browser gives it at most 65 536 pages
-// of 64 KiB = 4 GiB (the wasm32 limit; WebAssembly JS API, V8's kV8MaxWasmMemory32Pages). On
+// The budget: the module declares no maximum memory (checked: its memory section has no maximum),
+// so a browser gives it at most 65 536 pages of 64 KiB = 4 GiB, the wasm32 limit (v8.dev/blog/
+// 4gb-wasm-memory: Chrome 83+; Firefox the same); a growth past what the machine can back fails
+// earlier, so this is the most a load can hope for, not a promise. On
 // WebGPU the weights and the GPU KV cache also live in GPU buffers, each at most
 // maxStorageBufferBindingSize / maxBufferSize (GpuKvCache::new refuses a layer's cache over it;
 // weights are split into row chunks under it); WebGPU does not tell a page the GPU's total memory.
