@@ -6,7 +6,6 @@
 // yields to its message queue, so a `stop` message ends the generation after the current token.
 // Perplexity runs in one call (the page terminates this worker to cancel it).
 import init, { Generator, last_panic } from '../pkg/crucible.js';
-import { wasmInitError } from './wasm_error';
 
 /** Where the model's files come from. */
 export type ModelSourceMsg =
@@ -83,7 +82,7 @@ const ctx = globalThis as unknown as {
   addEventListener(type: 'message', f: (e: MessageEvent<ToWorker>) => void): void;
 };
 
-const engine = init().catch((e: unknown) => Promise.reject(wasmInitError(e)));
+const engine = init();
 let gen: Generator | null = null;
 let stopRequested = false;
 let running = false;
