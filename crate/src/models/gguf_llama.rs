@@ -39,12 +39,38 @@
 //! experts.e.w2 (down)           blk.N.ffn_down_exps     (E, H, I)
 //! ```
 //! I is `[arch].expert_feed_forward_length` when present, else `[arch].feed_forward_length`.
+//!
+//! Qwen2-MoE (`general.architecture = qwen2moe`; llama.cpp `LLM_ARCH_QWEN2MOE`: tensor list in
+//! `llama-arch.cpp`, `load_tensors` and `llm_build_qwen2moe` in `src/models/qwen2moe.cpp`;
+//! convert_hf_to_gguf.py `Qwen2MoeModel`). Keys `qwen2moe.*` as above plus
+//! `expert_feed_forward_length` (I_e, default `feed_forward_length / expert_used_count` as
+//! llama.cpp) and `expert_shared_feed_forward_length` (I_s, default `feed_forward_length`). Q/K are
+//! not permuted by the converter and llama.cpp ropes them NEOX-style (`LLAMA_ROPE_TYPE_NEOX`), i.e.
+//! the HF halves layout, hence [`RopeLayout::Halves`]. attn_q/k/v carry biases. Per sparse layer:
+//! ```text
+//! mlp.gate                      blk.N.ffn_gate_inp          (E, H)
+//! mlp.experts.e.gate_proj       blk.N.ffn_gate_exps         (E, I_e, H)   expert e = slice e
+//! mlp.experts.e.up_proj         blk.N.ffn_up_exps           (E, I_e, H)
+//! mlp.experts.e.down_proj       blk.N.ffn_down_exps         (E, H, I_e)
+//! mlp.shared_expert_gate        blk.N.ffn_gate_inp_shexp    (H,) or (1, H)  sigmoid gate
+//! mlp.shared_expert.gate_proj   blk.N.ffn_gate_shexp        (I_s, H)
+//! mlp.shared_expert.up_proj     blk.N.ffn_up_shexp          (I_s, H)
+//! mlp.shared_expert.down_proj   blk.N.ffn_down_shexp        (H, I_s)
+//! ```
+//! Routing: softmax over all experts, top-k, and no renormalisation: llama.cpp's qwen2moe graph
+//! calls `build_moe_ffn` with `norm_w = false` whatever the HF `norm_topk_prob` was, and the
+//! converter writes no key for it. We follow that by default; a file with the
+//! `qwen2moe.expert_weights_norm` key (what convert_hf_to_gguf writes from `norm_topk_prob` for
+//! other MoE architectures) gets that value instead, so a GGUF of a `norm_topk_prob: true` model can
+//! say so (llama.cpp ignores the key for qwen2moe). Beyond llama.cpp, which makes every qwen2moe
+//! layer sparse, a layer without `blk.N.ffn_gate_inp` but with the dense `blk.N.ffn_{gate,up,down}`
+//! of (I, H) is read as a dense layer (HF `mlp_only_layers` / `decoder_sparse_step`).
 
-use crate::formats::gguf::{Gguf, GgufTensor, read_tensor_f32, read_tensor_raw};
+use crate::formats::gguf::{GgmlType, Gguf, GgufTensor, read_tensor_f32, read_tensor_raw};
 use crate::formats::io::ByteSource;
 use crate::models::config::{Family, LlamaConfig, MoeConfig, MoeStyle};
 use crate::models::llama::{Linear, LlamaLayer, LlamaModel, LlamaWeights, ModelError, empty_mlp};
-use crate::models::moe::{Mlp, MoeBlock};
+use crate::models::moe::{Mlp, MoeBlock, SharedExpert};
 use crate::posenc::rope::{RopeConfig, RopeLayout, RopeScaling};
 
 fn tensor_err(g: &Gguf, tensor: &str, message: impl Into<String>) -> ModelError {
@@ -68,8 +94,8 @@ fn check_shape(g: &Gguf, name: &str, expected: &[usize]) -> Result<(), ModelErro
 /// the tied head and biases).
 pub fn config_from_gguf(g: &Gguf) -> Result<LlamaConfig, ModelError> {
     let arch = g.get_str("general.architecture")?;
-    if arch != "llama" {
-        return Err(key_err(g, "general.architecture", format!("{arch:?} is not supported (supported: llama)")));
+    if arch != "llama" && arch != QWEN2MOE {
+        return Err(key_err(g, "general.architecture", format!("{arch:?} is not supported (supported: llama, qwen2moe)")));
     }
     let k = |s: &str| format!("{arch}.{s}");
     let positive = |key: &str| -> Result<usize, ModelError> {
@@ -133,7 +159,9 @@ pub fn config_from_gguf(g: &Gguf) -> Result<LlamaConfig, ModelError> {
     let scaling = rope_scaling(g, arch, max_position_embeddings)?;
     let rope = RopeConfig { theta, dim, max_position_embeddings, scaling };
 
-    let moe = if g.get(&k("expert_count")).is_some() && g.get_usize(&k("expert_count"))? > 0 {
+    let moe = if arch == QWEN2MOE {
+        Some(qwen2moe_config(g, intermediate_size, num_hidden_layers, hidden_size)?)
+    } else if g.get(&k("expert_count")).is_some() && g.get_usize(&k("expert_count"))? > 0 {
         let num_experts = g.get_usize(&k("expert_count"))?;
         let top_k = positive(&k("expert_used_count"))?;
         if top_k > num_experts {
@@ -154,7 +182,7 @@ pub fn config_from_gguf(g: &Gguf) -> Result<LlamaConfig, ModelError> {
     };
     let has = |n: &str| g.tensor(n).is_some();
     Ok(LlamaConfig {
-        family: Family::Llama,
+        family: if arch == QWEN2MOE { Family::Qwen2 } else { Family::Llama },
         vocab_size,
         hidden_size,
         intermediate_size,
@@ -212,6 +240,68 @@ fn rope_scaling(g: &Gguf, arch: &str, ctx: usize) -> Result<RopeScaling, ModelEr
     })
 }
 
+/// Little-endian IEEE binary16 bytes → their u16 bits.
+fn f16_bits(raw: &[u8]) -> Vec<u16> {
+    raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()
+}
+
+/// `general.architecture` of the Qwen2-MoE GGUF files llama.cpp writes.
+const QWEN2MOE: &str = "qwen2moe";
+
+/// The RoPE pair layout of the Q/K rows in `g`: llama's converter permutes them to adjacent
+/// pairs (`LLAMA_ROPE_TYPE_NORM`); qwen2moe keeps HF's rows and llama.cpp ropes halves
+/// (`LLAMA_ROPE_TYPE_NEOX`).
+pub fn rope_layout(g: &Gguf) -> Result<RopeLayout, ModelError> {
+    Ok(if g.get_str("general.architecture")? == QWEN2MOE { RopeLayout::Halves } else { RopeLayout::Adjacent })
+}
+
+/// The [`MoeConfig`] of a `qwen2moe` file (see the module docs for the keys, defaults and the
+/// llama.cpp behaviour followed). Sparse layers are those with `blk.N.ffn_gate_inp.weight`, or
+/// without the dense `blk.N.ffn_gate.weight`. The router's rows are checked against
+/// `qwen2moe.expert_count` here so a wrong count names the key and the tensor.
+fn qwen2moe_config(g: &Gguf, intermediate_size: usize, layers: usize, hidden: usize) -> Result<MoeConfig, ModelError> {
+    let key = |s: &str| format!("{QWEN2MOE}.{s}");
+    let positive = |k: &str| -> Result<usize, ModelError> {
+        let v = g.get_usize(k)?;
+        if v == 0 { Err(key_err(g, k, "must be at least 1")) } else { Ok(v) }
+    };
+    let optional = |k: &str, default: usize| -> Result<usize, ModelError> { if g.get(k).is_some() { positive(k) } else { Ok(default) } };
+    // llama.cpp load_tensors: "n_expert must be > 0 for QWEN2MOE" (same for n_expert_used).
+    let num_experts = positive(&key("expert_count"))?;
+    let top_k = positive(&key("expert_used_count"))?;
+    if top_k > num_experts {
+        return Err(key_err(g, &key("expert_used_count"), format!("{top_k} is more than expert_count {num_experts}")));
+    }
+    let expert_i = optional(&key("expert_feed_forward_length"), intermediate_size / top_k)?;
+    if expert_i == 0 {
+        return Err(key_err(g, &key("expert_feed_forward_length"), format!("absent, and feed_forward_length {intermediate_size} / expert_used_count {top_k} is 0")));
+    }
+    let shared_i = optional(&key("expert_shared_feed_forward_length"), intermediate_size)?;
+    let norm_topk_prob = if g.get(&key("expert_weights_norm")).is_some() { g.get_bool(&key("expert_weights_norm"))? } else { false };
+    let sparse_layers: Vec<bool> = (0..layers)
+        .map(|n| g.tensor(&format!("blk.{n}.ffn_gate_inp.weight")).is_some() || g.tensor(&format!("blk.{n}.ffn_gate.weight")).is_none())
+        .collect();
+    for (n, _) in sparse_layers.iter().enumerate().filter(|(_, s)| **s) {
+        let name = format!("blk.{n}.ffn_gate_inp.weight");
+        if let Some(t) = g.tensor(&name)
+            && t.shape.len() == 2
+            && t.shape[1] == hidden
+            && t.shape[0] != num_experts
+        {
+            return Err(key_err(g, &key("expert_count"), format!("{num_experts}, but router {name} has {} rows (one per expert): fix the key or the file", t.shape[0])));
+        }
+    }
+    Ok(MoeConfig {
+        style: MoeStyle::Qwen2Moe,
+        num_experts,
+        top_k,
+        expert_intermediate_size: expert_i,
+        norm_topk_prob,
+        shared_expert_intermediate_size: Some(shared_i),
+        sparse_layers,
+    })
+}
+
 /// Reads tensors of one GGUF file by name, checking shapes against the config.
 struct GgufLoader<'a> {
     g: &'a Gguf,
@@ -233,8 +323,9 @@ impl GgufLoader<'_> {
         Ok(out)
     }
 
-    /// `{prefix}.weight` (out, in): block-quantized types keep their blocks, F32/F16/BF16 are
-    /// widened to f32, others are an error naming the tensor and type.
+    /// `{prefix}.weight` (out, in): block-quantized types keep their blocks, F16 stays F16
+    /// ([`WeightStorage::F16`](crate::models::WeightStorage::F16)), F32/BF16 are widened to f32
+    /// (BF16 → F16 could overflow), others are an error naming the tensor and type.
     fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear, ModelError> {
         let name = format!("{prefix}.weight");
         let info = self.info(&name, &[out, inp])?;
@@ -243,6 +334,10 @@ impl GgufLoader<'_> {
             Some(format) => {
                 read_tensor_raw(self.src, &info, &mut self.raw)?;
                 Linear::quantized(out, inp, format, std::mem::take(&mut self.raw), b).map_err(|m| tensor_err(self.g, &name, m))
+            }
+            None if info.ggml_type == GgmlType::F16 => {
+                read_tensor_raw(self.src, &info, &mut self.raw)?;
+                Linear::f16(out, inp, f16_bits(&self.raw), b).map_err(|m| tensor_err(self.g, &name, m))
             }
             None => {
                 let mut w = Vec::new();
@@ -267,6 +362,11 @@ impl GgufLoader<'_> {
                     .map(|c| Linear::quantized(out, inp, format, c.to_vec(), None).map_err(|m| tensor_err(self.g, name, m)))
                     .collect()
             }
+            None if info.ggml_type == GgmlType::F16 => {
+                read_tensor_raw(self.src, &info, &mut self.raw)?;
+                let bits = f16_bits(&self.raw);
+                bits.chunks_exact((out * inp).max(1)).map(|c| Linear::f16(out, inp, c.to_vec(), None).map_err(|m| tensor_err(self.g, name, m))).collect()
+            }
             None => {
                 let mut w = Vec::new();
                 read_tensor_f32(self.src, &info, &mut w)?;
@@ -282,7 +382,30 @@ impl GgufLoader<'_> {
         let up = self.experts(&format!("{p}.ffn_up_exps.weight"), e, i, h)?;
         let down = self.experts(&format!("{p}.ffn_down_exps.weight"), e, h, i)?;
         let experts = gate.into_iter().zip(up).zip(down).map(|((gate_proj, up_proj), down_proj)| Mlp { gate_proj, up_proj, down_proj }).collect();
-        Ok(MoeBlock { router, experts, shared: None })
+        let shared = match m.shared_expert_intermediate_size {
+            Some(is) => Some(self.shared_expert(p, is, h)?),
+            None => None,
+        };
+        Ok(MoeBlock { router, experts, shared })
+    }
+
+    /// Qwen2-MoE's shared expert of layer prefix `p` (`blk.N`): `ffn_{gate,up,down}_shexp` and the
+    /// gate row `ffn_gate_inp_shexp`, which llama.cpp declares `{n_embd}` and the converter writes
+    /// from HF's (1, H) `shared_expert_gate` (GGUF ne [H, 1]): either shape is read as (1, H).
+    fn shared_expert(&mut self, p: &str, is: usize, h: usize) -> Result<SharedExpert, ModelError> {
+        let mlp = Mlp {
+            gate_proj: self.linear(&format!("{p}.ffn_gate_shexp"), is, h, false)?,
+            up_proj: self.linear(&format!("{p}.ffn_up_shexp"), is, h, false)?,
+            down_proj: self.linear(&format!("{p}.ffn_down_shexp"), h, is, false)?,
+        };
+        let name = format!("{p}.ffn_gate_inp_shexp");
+        let shape = self.g.tensor(&format!("{name}.weight")).map(|t| t.shape.clone());
+        let gate = if shape.as_deref() == Some(&[h][..]) {
+            Linear::f32(1, h, self.f32(&format!("{name}.weight"), &[h])?, None)
+        } else {
+            self.linear(&name, 1, h, false)?
+        };
+        Ok(SharedExpert { mlp, gate })
     }
 }
 
@@ -331,7 +454,7 @@ impl LlamaModel {
         let g = Gguf::read(src)?;
         let config = config_from_gguf(&g)?;
         let weights = weights_from_gguf(&g, src, &config)?;
-        Ok(LlamaModel::new(config, weights, RopeLayout::Adjacent))
+        Ok(LlamaModel::new(config, weights, rope_layout(&g)?))
     }
 }
 
