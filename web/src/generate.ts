@@ -337,6 +337,16 @@ function onMessage(slot: Slot, m: FromWorker) {
       return;
     }
     case 'error':
+      if (m.fatal && m.during === 'load') {
+        // The same load would trap the same way: no retry. A trap with the memory near its 4 GiB
+        // is most likely an allocation that could not grow it (a model past the estimate).
+        slot.worker.terminate();
+        const mem = m.wasmBytes ?? 0;
+        const hint = mem >= 2 * 1024 ** 3 ? ` The engine held ${fmtMem(mem)} of WebAssembly memory when it stopped (a page can have at most 4 GiB): the model is most likely too big for the browser; pick “Quantize on load” Q4_0 / Q8_0 or a smaller model.` : '';
+        setSlotError(slot, `Could not load ${slot.name}: ${m.message}.${hint}`);
+        checkAllDone();
+        return;
+      }
       if (m.fatal) {
         slot.worker.terminate();
         slot.worker = makeWorker();

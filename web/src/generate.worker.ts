@@ -75,7 +75,8 @@ export type FromWorker =
   | { type: 'done'; reason: string; generated: number; promptTokens: number; prefillMs: number; decodeMs: number; forwards: number; wasmBytes: number }
   | { type: 'ppl-progress'; done: number; total: number }
   | { type: 'ppl'; result: Perplexity | null; ms: number }
-  | { type: 'error'; message: string; during: 'load' | 'generate' | 'perplexity'; fatal?: boolean };
+  // fatal: the module trapped (wasmBytes: its memory then — near 4 GiB, the load ran out of it)
+  | { type: 'error'; message: string; during: 'load' | 'generate' | 'perplexity'; fatal?: boolean; wasmBytes?: number };
 
 const ctx = globalThis as unknown as {
   postMessage(m: FromWorker): void;
@@ -83,6 +84,9 @@ const ctx = globalThis as unknown as {
 };
 
 const engine = init();
+/** The engine's memory, once it is instantiated (its size is reported with loads and traps). */
+let memory: WebAssembly.Memory | null = null;
+engine.then((w) => (memory = w.memory), () => undefined);
 let gen: Generator | null = null;
 let stopRequested = false;
 let running = false;
@@ -98,7 +102,7 @@ function fail(err: unknown, during: 'load' | 'generate' | 'perplexity') {
   // replaces this worker.
   if (err instanceof WebAssembly.RuntimeError) {
     const panic = last_panic();
-    ctx.postMessage({ type: 'error', during, fatal: true, message: `internal error (please report it): ${panic ?? err.message}` });
+    ctx.postMessage({ type: 'error', during, fatal: true, message: `internal error (please report it): ${panic ?? err.message}`, wasmBytes: memory?.buffer.byteLength ?? 0 });
   } else {
     ctx.postMessage({ type: 'error', during, message: err instanceof Error ? err.message : String(err) });
   }
