@@ -1,4 +1,4 @@
-// embed.wgsl: embedding gather, out[t, :] = E[tokens[t], :], from an f32 table or from quantized
+// embed.wgsl: embedding gather, out[t, :] = E[tokens[t], :], from an f32 or F16 table or from quantized
 // rows (Q8_0 / Q4_0 / Q4_1 in the aligned split layout), dequantized in the kernel.
 //
 //   out[t, j] = E[tok[t] − row0, j]   for the tokens whose row lies in this chunk [row0, row0 + rows)
@@ -15,7 +15,8 @@
 //   1  tok    storage, read       array<u32>  (T)              token ids
 //   2  scales storage, read       array<f32>  (rows · H/32)    block scales (any f32 buffer for F32)
 //   3  mins   storage, read       array<f32>  (rows · H/32)    Q4_1 mins (any f32 buffer otherwise)
-//   4  table  storage, read       array<u32>  F32: (rows · H) f32 bits; quantized: (rows · H/32 · W)
+//   4  table  storage, read       array<u32>  F32: (rows · H) f32 bits; F16: ⌈rows · H / 2⌉ words of
+//                                             two binary16 each; quantized: (rows · H/32 · W)
 //                                             quant words, W = 8 (Q8_0) or 4 (Q4_*)
 //   5  out    storage, read_write array<f32>  (T · H)
 //
@@ -30,7 +31,7 @@ struct Meta {
     h: u32,       // row length H (a multiple of 32 for quantized tables)
     row0: u32,    // first table row in this chunk
     rows: u32,    // rows in this chunk
-    format: u32,  // 0 Q8_0, 1 Q4_0, 2 Q4_1, 3 F32
+    format: u32,  // 0 Q8_0, 1 Q4_0, 2 Q4_1, 3 F32, 4 F16
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -62,6 +63,13 @@ fn main(
     let r = id - params.row0;
     if (params.format == 3u) {
         out[i] = bitcast<f32>(table[r * params.h + j]);
+        return;
+    }
+    if (params.format == 4u) {
+        // element e = r·H + j is half e % 2 of word e / 2 (little-endian: the low half first,
+        // as unpack2x16float's .x); chunks start at an even element (multiples of 64 rows).
+        let e = r * params.h + j;
+        out[i] = unpack2x16float(table[e / 2u])[e % 2u];
         return;
     }
     let b = r * (params.h / 32u) + j / 32u;   // block

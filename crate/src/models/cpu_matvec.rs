@@ -1,5 +1,7 @@
 //! The fast CPU products behind [`Linear::forward`](crate::models::Linear::forward): y (T, out) =
-//! x (T, in) · Wᵀ for f32 weights and Q8_0 / Q4_0 / Q4_1 blocks (GGUF bytes or the split layout).
+//! x (T, in) · Wᵀ for f32 weights, F16 weights (widened in the dot: F16C `_mm256_cvtph_ps` on
+//! x86-64 CPUs that have it, exact scalar conversion elsewhere) and Q8_0 / Q4_0 / Q4_1 blocks
+//! (GGUF bytes or the split layout).
 //! The readable reference stays in `llama.rs` (`Linear::forward_reference`: dequantize each block
 //! exactly as llama.cpp, then dot); tests check that this path agrees with it.
 //!
@@ -125,10 +127,91 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)) + tail
 }
 
+/// Σ f16(w[j])·x[j] with 8 partial sums: each weight widened exactly (the portable path of
+/// F16 weights; `dot_f16c` is the x86-64 one).
+#[inline(always)]
+fn dot_f16(w: &[u16], x: &[f32]) -> f32 {
+    use crate::models::llama::f16_bits_to_f32 as h;
+    let n = w.len().min(x.len());
+    let (w, x) = (&w[..n], &x[..n]);
+    let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7) = (0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32);
+    let mut j = 0;
+    while j + 8 <= n {
+        a0 += h(w[j]) * x[j];
+        a1 += h(w[j + 1]) * x[j + 1];
+        a2 += h(w[j + 2]) * x[j + 2];
+        a3 += h(w[j + 3]) * x[j + 3];
+        a4 += h(w[j + 4]) * x[j + 4];
+        a5 += h(w[j + 5]) * x[j + 5];
+        a6 += h(w[j + 6]) * x[j + 6];
+        a7 += h(w[j + 7]) * x[j + 7];
+        j += 8;
+    }
+    let mut tail = 0.0f32;
+    while j < n {
+        tail += h(w[j]) * x[j];
+        j += 1;
+    }
+    ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)) + tail
+}
+
+/// [`dot_f16`] with F16C: `_mm256_cvtph_ps` widens 8 halves at once (exact, as the scalar
+/// conversion), two 8-wide accumulators, scalar tail. (Intel intrinsics guide `_mm256_cvtph_ps`;
+/// llama.cpp `ggml_vec_dot_f16` widens the same way on F16C CPUs.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn dot_f16c(w: &[u16], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = w.len().min(x.len());
+    let mut j = 0;
+    // SAFETY: every load reads 8 (or 16) elements at j < n - 7 (n - 15) of slices of length ≥ n.
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    unsafe {
+        while j + 16 <= n {
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(j) as *const __m128i));
+            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(j + 8) as *const __m128i));
+            acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(w0, _mm256_loadu_ps(x.as_ptr().add(j))));
+            acc1 = _mm256_add_ps(acc1, _mm256_mul_ps(w1, _mm256_loadu_ps(x.as_ptr().add(j + 8))));
+            j += 16;
+        }
+        while j + 8 <= n {
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(j) as *const __m128i));
+            acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(w0, _mm256_loadu_ps(x.as_ptr().add(j))));
+            j += 8;
+        }
+    }
+    let acc = _mm256_add_ps(acc0, acc1);
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: `lanes` holds 8 f32.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    while j < n {
+        s += crate::models::llama::f16_bits_to_f32(w[j]) * x[j];
+        j += 1;
+    }
+    s
+}
+
+/// Rows o0.. of yt (out, T) for F16 weights (out, in) with `dot` as the row dot.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rows_f16(w: &[u16], bias: Option<&[f32]>, x: &[f32], inp: usize, t: usize, o0: usize, yt: &mut [f32], dot: impl Fn(&[u16], &[f32]) -> f32) {
+    for (i, y) in yt.chunks_exact_mut(t).enumerate() {
+        let o = o0 + i;
+        let wr = &w[o * inp..(o + 1) * inp];
+        let b = bias.map_or(0.0, |b| b[o]);
+        for (ti, yv) in y.iter_mut().enumerate() {
+            *yv = dot(wr, &x[ti * inp..(ti + 1) * inp]) + b;
+        }
+    }
+}
+
 /// Where the weights are.
 #[derive(Clone, Copy)]
 enum Src<'a> {
     F32(&'a [f32], Option<&'a [f32]>),
+    /// IEEE binary16 bits (out, in) row-major, with the bias.
+    F16(&'a [u16], Option<&'a [f32]>),
     Blocks(BlockFormat, &'a [u8]),
     Split(&'a SplitBlocks),
 }
@@ -147,6 +230,7 @@ fn rows_impl(src: Src<'_>, x: &[f32], xsum: &[f32], inp: usize, t: usize, o0: us
                 }
             }
         }
+        Src::F16(w, bias) => rows_f16(w, bias, x, inp, t, o0, yt, dot_f16),
         Src::Blocks(format, bytes) => {
             let bb = format.block_bytes();
             match format {
@@ -278,6 +362,14 @@ fn rows(src: Src<'_>, x: &[f32], xsum: &[f32], inp: usize, t: usize, o0: usize, 
         }
     }
     #[cfg(target_arch = "x86_64")]
+    if let Src::F16(w, bias) = src
+        && std::arch::is_x86_feature_detected!("f16c")
+        && std::arch::is_x86_feature_detected!("avx")
+    {
+        // SAFETY: the CPU has F16C and AVX (checked just above).
+        return rows_f16(w, bias, x, inp, t, o0, yt, |a, b| unsafe { dot_f16c(a, b) });
+    }
+    #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (checked just above).
@@ -301,6 +393,11 @@ fn forward(src: Src<'_>, x: &[f32], inp: usize, out: usize) -> Vec<f32> {
 /// f32 weights (out, in) row-major, with the bias.
 pub(crate) fn forward_f32(w: &[f32], bias: Option<&[f32]>, x: &[f32], inp: usize, out: usize) -> Vec<f32> {
     forward(Src::F32(w, bias), x, inp, out)
+}
+
+/// F16 weights (out, in) row-major as IEEE binary16 bits, with the bias.
+pub(crate) fn forward_f16(w: &[u16], bias: Option<&[f32]>, x: &[f32], inp: usize, out: usize) -> Vec<f32> {
+    forward(Src::F16(w, bias), x, inp, out)
 }
 
 /// GGUF block bytes (row-major blocks, in/32 per row); no bias.

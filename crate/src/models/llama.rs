@@ -29,6 +29,7 @@ use crate::models::config::{ConfigError, LlamaConfig};
 use crate::models::cpu_matvec;
 use crate::models::moe::{ExpertTrace, Mlp, MoeBlock, SharedExpert};
 use crate::posenc::rope::{RopeFreqs, RopeLayout, RopeScaling, apply_rope};
+use crate::tensor::dtype::DType;
 use crate::tensor::quant::{self, BlockFormat, QK, SplitBlocks};
 
 /// Errors building or running a model. Each names the model and, where there is one, the tensor.
@@ -71,6 +72,13 @@ pub enum ModelError {
 pub enum WeightStorage {
     /// Row-major (out_features, in_features).
     F32(Vec<f32>),
+    /// IEEE binary16 bits, row-major (out_features, in_features): an F16 checkpoint's weights
+    /// kept in half the memory of f32, widened to f32 inside each row dot (CPU) or kernel (GPU:
+    /// `ops::hmatvec` / `ops::hmatmul`); every f16 is exactly an f32, so only the summation
+    /// order differs from computing on the widened weights. (BF16 checkpoints are not narrowed
+    /// to this: bf16 has f32's exponent range, so values beyond ±65504 or below 2⁻²⁴ would
+    /// overflow or flush; they are widened to f32.)
+    F16(Vec<u16>),
     /// GGUF blocks as stored in the file (llama.cpp `block_q8_0` / `block_q4_0` / `block_q4_1`),
     /// row-major: row o is blocks o·in/32 .. (o+1)·in/32, each 32 consecutive weights of that row.
     /// (out_features · in_features / 32 · format.block_bytes()) bytes.
@@ -96,6 +104,20 @@ impl Linear {
     pub fn f32(out_features: usize, in_features: usize, weight: Vec<f32>, bias: Option<Vec<f32>>) -> Linear {
         debug_assert_eq!(weight.len(), out_features * in_features);
         Linear { out_features, in_features, weight: WeightStorage::F32(weight), bias }
+    }
+
+    /// An F16 layer: `bits` holds out × in IEEE binary16 values, row-major (the error says
+    /// when the length or the bias does not match).
+    pub fn f16(out_features: usize, in_features: usize, bits: Vec<u16>, bias: Option<Vec<f32>>) -> Result<Linear, String> {
+        if bits.len() != out_features * in_features {
+            return Err(format!("F16: {} values, expected ({out_features}, {in_features}) = {}", bits.len(), out_features * in_features));
+        }
+        if let Some(b) = &bias
+            && b.len() != out_features
+        {
+            return Err(format!("bias has {} values, expected {out_features}", b.len()));
+        }
+        Ok(Linear { out_features, in_features, weight: WeightStorage::F16(bits), bias })
     }
 
     /// A block-quantized layer over raw GGUF blocks. `in_features` must be a multiple of 32 and
@@ -163,6 +185,7 @@ impl Linear {
         let (inp, out) = (self.in_features, self.out_features);
         let mut y = match &self.weight {
             WeightStorage::F32(w) => return cpu_matvec::forward_f32(w, self.bias.as_deref(), x, inp, out),
+            WeightStorage::F16(w) => return cpu_matvec::forward_f16(w, self.bias.as_deref(), x, inp, out),
             WeightStorage::Blocks { format, bytes } => cpu_matvec::forward_blocks(*format, bytes, x, inp, out),
             WeightStorage::Split(s) => cpu_matvec::forward_split(s, x, inp, out),
         };
@@ -190,6 +213,14 @@ impl Linear {
                     for (o, (yo, wr)) in yr.iter_mut().zip(w.chunks_exact(self.in_features)).enumerate() {
                         let dot: f32 = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
                         *yo = dot + self.bias.as_ref().map_or(0.0, |b| b[o]);
+                    }
+                }
+            }
+            WeightStorage::F16(w) => {
+                // Each weight widened exactly (f16 ⊂ f32), then the F32 branch's dot in j order.
+                for (xr, yr) in x.chunks_exact(self.in_features).zip(y.chunks_exact_mut(self.out_features)) {
+                    for (yo, wr) in yr.iter_mut().zip(w.chunks_exact(self.in_features)) {
+                        *yo = xr.iter().zip(wr).map(|(a, &b)| a * f16_bits_to_f32(b)).sum();
                     }
                 }
             }
@@ -232,6 +263,11 @@ impl Linear {
     pub fn row(&self, i: usize, out: &mut [f32]) {
         match &self.weight {
             WeightStorage::F32(w) => out.copy_from_slice(&w[i * self.in_features..(i + 1) * self.in_features]),
+            WeightStorage::F16(w) => {
+                for (o, &h) in out.iter_mut().zip(&w[i * self.in_features..(i + 1) * self.in_features]) {
+                    *o = f16_bits_to_f32(h);
+                }
+            }
             WeightStorage::Blocks { format, bytes } => {
                 let row_bytes = self.in_features / QK * format.block_bytes();
                 let row = &bytes[i * row_bytes..(i + 1) * row_bytes];
@@ -261,6 +297,7 @@ impl Linear {
     pub fn weight_bytes(&self) -> usize {
         let w = match &self.weight {
             WeightStorage::F32(w) => w.len() * 4,
+            WeightStorage::F16(w) => w.len() * 2,
             WeightStorage::Blocks { bytes, .. } => bytes.len(),
             WeightStorage::Split(s) => (s.scales.len() + s.qs.len() + s.mins.as_ref().map_or(0, |m| m.len())) * 4,
         };
@@ -289,6 +326,7 @@ impl Linear {
     pub fn to_f32(&self) -> Vec<f32> {
         match &self.weight {
             WeightStorage::F32(w) => w.clone(),
+            WeightStorage::F16(w) => w.iter().map(|&h| f16_bits_to_f32(h)).collect(),
             WeightStorage::Blocks { format, bytes } => {
                 let mut out = Vec::new();
                 quant::dequantize(*format, bytes, &mut out).expect("length checked by Linear::quantized");
@@ -647,9 +685,20 @@ impl Loader<'_> {
         Ok(std::mem::take(&mut self.buf))
     }
 
+    /// `{prefix}.weight` (out, in): an F16 tensor stays F16 ([`WeightStorage::F16`]); F32 and
+    /// BF16 are widened to f32 (BF16 → F16 could overflow, see `WeightStorage::F16`). The bias
+    /// is f32.
     fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear, ModelError> {
-        let w = self.tensor(&format!("{prefix}.weight"), &[out, inp])?;
+        let name = format!("{prefix}.weight");
         let b = if bias { Some(self.tensor(&format!("{prefix}.bias"), &[out])?) } else { None };
+        if self.ckpt.info(&name).is_some_and(|i| i.dtype == DType::F16 && i.shape == [out, inp]) {
+            let mut raw = Vec::new();
+            self.ckpt.read_bytes(&name, &mut raw)?;
+            let bits: Vec<u16> = raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+            let model = self.ckpt.name().to_string();
+            return Linear::f16(out, inp, bits, b).map_err(|message| ModelError::Tensor { model, tensor: name, message });
+        }
+        let w = self.tensor(&name, &[out, inp])?;
         Ok(Linear::f32(out, inp, w, b))
     }
 
@@ -713,7 +762,8 @@ pub(crate) fn empty_mlp(h: usize) -> (Linear, Linear, Linear) {
 }
 
 impl LlamaWeights {
-    /// Load every weight by its Hugging Face name, widened to f32; shapes are checked against `cfg`.
+    /// Load every weight by its Hugging Face name; shapes are checked against `cfg`. Linear
+    /// weights (projections, embedding, head) stored as F16 stay F16; the rest is widened to f32.
     /// The head is `lm_head.weight` unless `tie_word_embeddings` is set (a tied checkpoint that
     /// still stores `lm_head.weight` uses the stored copy, as transformers would after loading).
     pub fn load(ckpt: &mut Checkpoint, cfg: &LlamaConfig) -> Result<LlamaWeights, ModelError> {

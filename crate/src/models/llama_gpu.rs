@@ -49,7 +49,7 @@ use crate::models::moe::{ExpertChoice, ExpertTrace, Mlp, MoeBlock};
 use crate::ops::{moe, router};
 use crate::ops::embed::{EmbedTable, GpuEmbedTable, persistent_storage};
 use crate::ops::attention::{self, AttentionParams, GpuKvCache};
-use crate::ops::{OpError, add, matmul, qmatmul, qmatvec, rmsnorm, rope, swiglu};
+use crate::ops::{OpError, add, hmatmul, hmatvec, matmul, qmatmul, qmatvec, rmsnorm, rope, swiglu};
 use crate::posenc::rope::{RopeFreqs, RopeLayout, RopeScaling};
 use crate::tensor::quant::SplitBlocks;
 
@@ -99,7 +99,7 @@ struct GpuLinear {
 /// The split layout of a quantized weight (converted from GGUF blocks when needed).
 fn split_of(w: &WeightStorage) -> Option<std::borrow::Cow<'_, SplitBlocks>> {
     match w {
-        WeightStorage::F32(_) => None,
+        WeightStorage::F32(_) | WeightStorage::F16(_) => None,
         WeightStorage::Split(s) => Some(std::borrow::Cow::Borrowed(s)),
         WeightStorage::Blocks { format, bytes } => SplitBlocks::from_blocks(*format, bytes).ok().map(std::borrow::Cow::Owned),
     }
@@ -109,6 +109,10 @@ fn upload_table(ctx: &GpuContext, label: &str, lin: &Linear, max_rows: Option<us
     let (out, inp) = (lin.out_features, lin.in_features);
     Ok(match &lin.weight {
         WeightStorage::F32(w) => GpuEmbedTable::upload(ctx, label, EmbedTable::F32(w), out, inp, max_rows)?,
+        // F16 stays F16 on the GPU (ops::hmatvec / hmatmul widen in the kernel); their vec4
+        // loads need a row length that is a multiple of 4, other shapes are widened to f32.
+        WeightStorage::F16(w) if inp.is_multiple_of(4) => GpuEmbedTable::upload(ctx, label, EmbedTable::F16(w), out, inp, max_rows)?,
+        WeightStorage::F16(_) => GpuEmbedTable::upload(ctx, label, EmbedTable::F32(&lin.to_f32()), out, inp, max_rows)?,
         other => {
             let s = split_of(other).ok_or_else(|| GpuModelError::Unsupported(format!("{label}: blocks do not match the shape ({out}, {inp})")))?;
             GpuEmbedTable::upload(ctx, label, EmbedTable::Quant(&s), out, inp, max_rows)?
@@ -148,6 +152,7 @@ fn qmatmul_prefill() -> bool {
 /// per-token qmatvec bindings sit on aligned offsets.
 fn batchable(table: &GpuEmbedTable, align_floats: usize) -> bool {
     match table.format {
+        None if table.f16 => true,
         None => table.chunks.len() == 1,
         Some(_) if qmatmul_prefill() => true,
         Some(_) => table.h.is_multiple_of(align_floats) && table.vocab.is_multiple_of(align_floats),
@@ -161,6 +166,20 @@ fn batchable(table: &GpuEmbedTable, align_floats: usize) -> bool {
 fn encode_table(ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, table: &GpuEmbedTable, t: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<(), OpError> {
     let (k, n) = (table.h, table.vocab);
     match table.format {
+        // F16: one hmatvec per chunk (t = 1, y columns at row0: 64-row multiples, aligned) or one
+        // hmatmul per chunk into the whole y (columns via Meta.c0), variant from ctx.features.
+        None if table.f16 => {
+            let v = hmatvec::HalfVariant::of(ctx);
+            for c in &table.chunks {
+                if t == 1 {
+                    let meta = hmatvec::Meta { rows: c.rows as u32, k: k as u32, _pad: [0; 2] };
+                    hmatvec::encode(ctx, enc, v, &meta, c.table.as_entire_buffer_binding(), range(x, 0, k), range(y, c.row0, c.rows))?;
+                } else {
+                    let meta = hmatmul::Meta { m: t as u32, rows: c.rows as u32, k: k as u32, ldc: n as u32, c0: c.row0 as u32, _pad: [0; 3] };
+                    hmatmul::encode(ctx, enc, v, &meta, c.table.as_entire_buffer_binding(), range(x, 0, t * k), range(y, 0, t * n))?;
+                }
+            }
+        }
         None => {
             for c in &table.chunks {
                 let meta = matmul::Meta { m: t as u32, n: c.rows as u32, k: k as u32, _pad: 0 };

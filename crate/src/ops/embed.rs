@@ -1,9 +1,10 @@
 //! `embed`: the embedding gather out[t, :] = E[tokens[t], :] (`nn.Embedding`, HF transformers
-//! `LlamaModel.embed_tokens`) from an f32 table or from quantized rows (Q8_0 / Q4_0 / Q4_1 in the
+//! `LlamaModel.embed_tokens`) from an f32 or F16 table (binary16 widened with WGSL's core
+//! `unpack2x16float`, so without `shader-f16`) or from quantized rows (Q8_0 / Q4_0 / Q4_1 in the
 //! aligned split layout of [`SplitBlocks`]), dequantized in the kernel with llama.cpp's formulas
 //! (`ggml-quants.c` `dequantize_row_*`).
 //!
-//! Kernel: shaders/embed.wgsl. Numbers: F32, Q8_0 and Q4_0 rows are exact (one rounding, as on
+//! Kernel: shaders/embed.wgsl. Numbers: F32, F16, Q8_0 and Q4_0 rows are exact (one rounding, as on
 //! the CPU); Q4_1's `d·q + m` may be fused into one FMA on the GPU, so it agrees with
 //! [`reference`] within 1 ulp of the largest of |d·q|, |m| (the CPU rounds twice).
 //!
@@ -33,7 +34,7 @@ pub struct Meta {
     pub h: u32,
     pub row0: u32,
     pub rows: u32,
-    /// 0 Q8_0, 1 Q4_0, 2 Q4_1 (as `qmatvec::format_code`), 3 F32.
+    /// 0 Q8_0, 1 Q4_0, 2 Q4_1 (as `qmatvec::format_code`), 3 F32, 4 F16.
     pub format: u32,
     pub _pad: [u32; 3],
 }
@@ -42,6 +43,9 @@ pub struct Meta {
 #[derive(Debug, Clone, Copy)]
 pub enum EmbedTable<'a> {
     F32(&'a [f32]),
+    /// IEEE binary16 bits (`WeightStorage::F16`), gathered as packed u32 pairs and widened
+    /// with `unpack2x16float` (core WGSL: no `shader-f16` needed, exact).
+    F16(&'a [u16]),
     Quant(&'a SplitBlocks),
 }
 
@@ -52,6 +56,9 @@ fn check(table: EmbedTable<'_>, vocab: usize, h: usize, tokens: &[u32]) -> Resul
     match table {
         EmbedTable::F32(w) if w.len() != vocab * h => {
             return Err(OpError::shape(KERNEL, format!("f32 table has {} values, expected ({vocab}) × ({h})", w.len())));
+        }
+        EmbedTable::F16(w) if w.len() != vocab * h => {
+            return Err(OpError::shape(KERNEL, format!("f16 table has {} values, expected ({vocab}) × ({h})", w.len())));
         }
         EmbedTable::Quant(s) => {
             if !h.is_multiple_of(QK) {
@@ -107,6 +114,11 @@ pub fn reference(table: EmbedTable<'_>, vocab: usize, h: usize, tokens: &[u32]) 
         let r = tok as usize;
         match table {
             EmbedTable::F32(w) => row.copy_from_slice(&w[r * h..(r + 1) * h]),
+            EmbedTable::F16(w) => {
+                for (o, &b) in row.iter_mut().zip(&w[r * h..(r + 1) * h]) {
+                    *o = crate::models::llama::f16_bits_to_f32(b);
+                }
+            }
             EmbedTable::Quant(s) => dequantize_row(s, h, r, row),
         }
     }
@@ -146,7 +158,8 @@ pub fn persistent_storage(ctx: &GpuContext, label: &str, data: &[u8]) -> Result<
 pub struct EmbedChunk {
     pub row0: usize,
     pub rows: usize,
-    /// F32: the (rows, h) values; quantized: the quant words (rows · h/32 · W).
+    /// F32: the (rows, h) values; F16: their (rows · h) binary16 bits (padded to 4 bytes);
+    /// quantized: the quant words (rows · h/32 · W).
     pub table: wgpu::Buffer,
     /// Block scales (quantized), else a 4-byte placeholder.
     pub scales: wgpu::Buffer,
@@ -159,9 +172,12 @@ pub struct EmbedChunk {
 pub struct GpuEmbedTable {
     pub vocab: usize,
     pub h: usize,
-    /// None for F32.
+    /// None for F32 and F16.
     pub format: Option<BlockFormat>,
     pub chunks: Vec<EmbedChunk>,
+    /// F16 table (`format` is None): chunks hold binary16 bits; products over it run
+    /// `ops::hmatvec` / `ops::hmatmul`.
+    pub f16: bool,
 }
 
 impl GpuEmbedTable {
@@ -172,6 +188,11 @@ impl GpuEmbedTable {
             None => h * 4,
             Some(f) => h / QK * f.quant_words() * 4,
         } as u64;
+        Self::chunk_rows_of(ctx, row_bytes, vocab, max_rows)
+    }
+
+    /// [`chunk_rows`](Self::chunk_rows) for rows of `row_bytes` bytes.
+    fn chunk_rows_of(ctx: &GpuContext, row_bytes: u64, vocab: usize, max_rows: Option<usize>) -> usize {
         let mut r = (ctx.max_binding_bytes() / row_bytes.max(1)) as usize;
         if let Some(m) = max_rows {
             r = r.min(m);
@@ -186,10 +207,11 @@ impl GpuEmbedTable {
     pub fn upload(ctx: &GpuContext, label: &str, table: EmbedTable<'_>, vocab: usize, h: usize, max_rows: Option<usize>) -> Result<GpuEmbedTable, OpError> {
         check(table, vocab, h, &[])?;
         let format = match table {
-            EmbedTable::F32(_) => None,
+            EmbedTable::F32(_) | EmbedTable::F16(_) => None,
             EmbedTable::Quant(s) => Some(s.format),
         };
-        let per = Self::chunk_rows(ctx, format, vocab, h, max_rows);
+        let f16 = matches!(table, EmbedTable::F16(_));
+        let per = if f16 { Self::chunk_rows_of(ctx, h as u64 * 2, vocab, max_rows) } else { Self::chunk_rows(ctx, format, vocab, h, max_rows) };
         let mut chunks = Vec::new();
         let mut row0 = 0;
         while row0 < vocab {
@@ -199,6 +221,14 @@ impl GpuEmbedTable {
                     row0,
                     rows,
                     table: persistent_storage(ctx, &format!("{label}.f32[{row0}..]"), bytemuck::cast_slice(&w[row0 * h..(row0 + rows) * h]))?,
+                    scales: persistent_storage(ctx, &format!("{label}.none"), &[0u8; 4])?,
+                    mins: None,
+                },
+                // Chunks start at multiples of 64 rows, so at even elements: whole u32 pairs.
+                EmbedTable::F16(w) => EmbedChunk {
+                    row0,
+                    rows,
+                    table: persistent_storage(ctx, &format!("{label}.f16[{row0}..]"), bytemuck::cast_slice(&w[row0 * h..(row0 + rows) * h]))?,
                     scales: persistent_storage(ctx, &format!("{label}.none"), &[0u8; 4])?,
                     mins: None,
                 },
@@ -221,13 +251,13 @@ impl GpuEmbedTable {
             chunks.push(chunk);
             row0 += rows;
         }
-        Ok(GpuEmbedTable { vocab, h, format, chunks })
+        Ok(GpuEmbedTable { vocab, h, format, chunks, f16 })
     }
 
     /// Records the gather of `t` tokens (ids in `tokens`, already checked < vocab) into
     /// out (t, h): one dispatch per chunk.
     pub fn encode(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, t: usize, tokens: wgpu::BufferBinding<'_>, out: wgpu::BufferBinding<'_>) -> Result<(), OpError> {
-        let code = self.format.map_or(3, super::qmatvec::format_code);
+        let code = if self.f16 { 4 } else { self.format.map_or(3, super::qmatvec::format_code) };
         let groups = ((t * self.h) as u64).div_ceil(WORKGROUP_SIZE as u64);
         let grid = ctx.grid(KERNEL, groups).op(KERNEL)?;
         for c in &self.chunks {

@@ -7,6 +7,8 @@
 pub mod add;
 pub mod attention;
 pub mod embed;
+pub mod hmatmul;
+pub mod hmatvec;
 pub mod matmul;
 pub mod moe;
 pub mod qmatmul;

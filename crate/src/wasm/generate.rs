@@ -110,6 +110,7 @@ fn linear_params(l: &Linear) -> usize {
 fn storage_name(l: &Linear) -> String {
     match &l.weight {
         WeightStorage::F32(_) => "F32".into(),
+        WeightStorage::F16(_) => "F16".into(),
         WeightStorage::Blocks { format, .. } => format.name().to_string(),
         WeightStorage::Split(s) => s.format.name().to_string(),
     }
