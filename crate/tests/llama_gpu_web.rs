@@ -9,34 +9,13 @@
 
 use std::collections::BTreeMap;
 
-use crucible::formats::{ByteSource, Checkpoint, IoError, MemSource, ModelFiles};
+use crucible::formats::{Checkpoint, MemFiles};
 use crucible::gpu::GpuContext;
 use crucible::models::LlamaModel;
 use crucible::models::llama_gpu::{GpuLlama, GpuLlamaOptions};
 use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
 
 wasm_bindgen_test_configure!(run_in_dedicated_worker);
-
-struct MemFiles {
-    name: String,
-    files: BTreeMap<String, Vec<u8>>,
-}
-
-impl ModelFiles for MemFiles {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn open(&mut self, file: &str) -> Result<Box<dyn ByteSource>, IoError> {
-        let bytes = self.files.get(file).ok_or_else(|| IoError::new(file, "no such file"))?.clone();
-        Ok(Box::new(MemSource { name: file.to_string(), bytes }))
-    }
-    fn exists(&self, file: &str) -> bool {
-        self.files.contains_key(file)
-    }
-    fn list(&self) -> Vec<String> {
-        self.files.keys().cloned().collect()
-    }
-}
 
 macro_rules! fixture {
     ($name:literal) => {

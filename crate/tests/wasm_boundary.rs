@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use crucible::formats::{ByteSink, ByteSource, IoError, MemSink, MemSource, ModelFiles, OutputDir, Writer, read_header, read_tensor};
+use crucible::formats::{ByteSink, IoError, MemFiles, MemSink, MemSource, ModelFiles, OutputDir, Writer, read_header, read_tensor};
 use crucible::merge::methods::Method;
 use crucible::merge::recipe::Recipe;
 use crucible::merge::run::{MergeOptions, run_merge};
@@ -98,25 +98,6 @@ fn merge_via_js(yaml: &str, files: &Map) -> Result<(BTreeMap<String, Vec<u8>>, u
     Ok((out, n))
 }
 
-/// In-memory model files for the reference run.
-#[derive(Clone)]
-struct Mem(String, BTreeMap<String, Vec<u8>>);
-impl ModelFiles for Mem {
-    fn name(&self) -> &str {
-        &self.0
-    }
-    fn open(&mut self, file: &str) -> Result<Box<dyn ByteSource>, IoError> {
-        let bytes = self.1.get(file).ok_or_else(|| IoError::new(file, "missing"))?.clone();
-        Ok(Box::new(MemSource { name: file.into(), bytes }))
-    }
-    fn exists(&self, file: &str) -> bool {
-        self.1.contains_key(file)
-    }
-    fn list(&self) -> Vec<String> {
-        self.1.keys().cloned().collect()
-    }
-}
-
 /// Sinks that land in a shared map.
 struct MemOut(Rc<RefCell<BTreeMap<String, Vec<u8>>>>);
 struct Shared(String, Rc<RefCell<BTreeMap<String, Vec<u8>>>>);
@@ -181,7 +162,7 @@ fn merge_of_browser_files_equals_the_in_memory_merge() {
     assert_eq!(progress_calls, 2, "one progress call per tensor");
 
     // The same merge over in-memory sources.
-    let mem = |name: &str, st: &str, bytes: &[u8]| Mem(name.into(), BTreeMap::from([(st.to_string(), bytes.to_vec()), ("config.json".to_string(), CONFIG.as_bytes().to_vec())]));
+    let mem = |name: &str, st: &str, bytes: &[u8]| MemFiles::new(name, BTreeMap::from([(st.to_string(), bytes.to_vec()), ("config.json".to_string(), CONFIG.as_bytes().to_vec())]));
     let models = BTreeMap::from([("a".to_string(), mem("a", "model.safetensors", &a_bytes)), ("b".to_string(), mem("b", "weights.safetensors", &b_bytes))]);
     let reference: Rc<RefCell<BTreeMap<String, Vec<u8>>>> = Rc::default();
     let recipe = Recipe::from_yaml(RECIPE).unwrap();

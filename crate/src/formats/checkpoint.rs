@@ -35,6 +35,35 @@ pub trait ModelFiles {
     }
 }
 
+/// A model held in memory: file name → bytes (an upload the page already read, tests).
+#[derive(Clone, Debug, Default)]
+pub struct MemFiles {
+    pub name: String,
+    pub files: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl MemFiles {
+    pub fn new(name: impl Into<String>, files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
+        MemFiles { name: name.into(), files: files.into_iter().collect() }
+    }
+}
+
+impl ModelFiles for MemFiles {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn open(&mut self, file: &str) -> Result<Box<dyn ByteSource>, IoError> {
+        let bytes = self.files.get(file).ok_or_else(|| IoError::new(file, format!("no such file in model {}", self.name)))?.clone();
+        Ok(Box::new(crate::formats::io::MemSource { name: file.to_string(), bytes }))
+    }
+    fn exists(&self, file: &str) -> bool {
+        self.files.contains_key(file)
+    }
+    fn list(&self) -> Vec<String> {
+        self.files.keys().cloned().collect()
+    }
+}
+
 /// Where the output files of a merge go (a native directory; in the browser, downloads).
 pub trait OutputDir {
     /// Start writing `file`. The sink leaves nothing that looks complete until `finish`.
@@ -314,32 +343,10 @@ mod native {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::formats::io::{MemSink, MemSource};
+    use crate::formats::io::MemSink;
     use crate::formats::safetensors::Writer;
     use crate::tensor::DType;
     use std::collections::BTreeMap;
-
-    /// An in-memory model (tests; the shape of the browser implementation).
-    struct MemFiles {
-        name: String,
-        files: BTreeMap<String, Vec<u8>>,
-    }
-
-    impl ModelFiles for MemFiles {
-        fn name(&self) -> &str {
-            &self.name
-        }
-        fn open(&mut self, file: &str) -> Result<Box<dyn ByteSource>, IoError> {
-            let bytes = self.files.get(file).ok_or_else(|| IoError::new(file, "no such file"))?.clone();
-            Ok(Box::new(MemSource { name: file.to_string(), bytes }))
-        }
-        fn exists(&self, file: &str) -> bool {
-            self.files.contains_key(file)
-        }
-        fn list(&self) -> Vec<String> {
-            self.files.keys().cloned().collect()
-        }
-    }
 
     fn st(tensors: &[(&str, DType, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
         let decl: Vec<_> = tensors.iter().map(|(n, d, s, _)| (n.to_string(), *d, s.clone())).collect();

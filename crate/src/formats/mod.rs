@@ -5,7 +5,7 @@ pub mod io;
 pub mod safetensors;
 pub mod sharded;
 pub mod tokenizer;
-pub use checkpoint::{Checkpoint, INDEX_FILE, ModelFiles, OutputDir, SINGLE_FILE};
+pub use checkpoint::{Checkpoint, INDEX_FILE, MemFiles, ModelFiles, OutputDir, SINGLE_FILE};
 #[cfg(not(target_arch = "wasm32"))]
 pub use checkpoint::{DirFiles, DirOutput};
 pub use io::{ByteSink, ByteSource, IoError, MemSink, MemSource};
