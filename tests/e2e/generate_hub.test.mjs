@@ -45,6 +45,19 @@ function safetensors(tensors, data = 16) {
   return Buffer.concat([len, json, Buffer.alloc(Math.max(data, off))]);
 }
 
+/** A GGUF v3 header (ggml docs/gguf.md): `general.architecture` = llama and one F32 tensor of
+ * `dims` (innermost first), and nothing after it. */
+function ggufHeader(dims) {
+  const u32 = (v) => { const b = Buffer.alloc(4); b.writeUInt32LE(v); return b; };
+  const u64 = (v) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); return b; };
+  const str = (t) => Buffer.concat([u64(Buffer.byteLength(t)), Buffer.from(t)]);
+  return Buffer.concat([
+    Buffer.from('GGUF'), u32(3), u64(1), u64(1),
+    str('general.architecture'), u32(8), str('llama'),
+    str('blk.0.ffn_up.weight'), u32(dims.length), ...dims.map(u64), u32(0), u64(0),
+  ]);
+}
+
 /** The base fixture's config with a header claiming a 1.5 B-parameter f32 model (6 GiB as loaded). */
 const HUGE = {
   'config.json': readFileSync(join(BASE, 'config.json')),
@@ -227,6 +240,13 @@ describe('Hub models in the Generate tab', () => {
     await page.setInputFiles('#gen-folder-input', join(work, 'huge'));
     await page.waitForSelector('#gen-run-status.error');
     assert.match(await page.textContent('#gen-run-status'), /^huge is too big for the browser: loading it needs about \d+\.\d GiB/);
+    // A local GGUF whose header claims 1.6 G f32 weights: the same check, from its tensor infos.
+    const gguf = join(work, 'huge.gguf');
+    writeFileSync(gguf, ggufHeader([8192, 196608]));
+    await page.evaluate(() => (document.querySelector('#gen-run-status').className = 'gen-run-status'));
+    await page.setInputFiles('#gen-gguf-input', gguf);
+    await page.waitForSelector('#gen-run-status.error');
+    assert.match(await page.textContent('#gen-run-status'), /^huge\.gguf is too big for the browser: loading it needs about \d+\.\d GiB of WebAssembly memory \(6\.0 GiB of weights as loaded/);
     assert.equal(await page.locator('.gen-slot').count(), 0);
     assert.equal(await page.evaluate(() => window.__pwned), undefined);
     assert.deepEqual(errors, []);
