@@ -85,10 +85,10 @@ fn main(
     let pair = g / per_pair;
     let row = (g % per_pair) * ROWS + lid / TPR;
     let nb = params.k / 32u;
-    let active = pair < params.pairs && row < params.n;
+    let live = pair < params.pairs && row < params.n;
 
     var acc = 0.0;
-    if (active) {
+    if (live) {
         let e = u32(ids[params.ids_offset + pair]);
         if (e < params.n_experts) {
             let wrow = e * params.n + row;     // row of the stacked W
@@ -140,7 +140,7 @@ fn main(
         }
         workgroupBarrier();
     }
-    if (active && t == 0u) {
+    if (live && t == 0u) {
         y[pair * params.n + row] = partial[lid];
     }
 }

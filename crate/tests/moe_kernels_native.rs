@@ -26,3 +26,13 @@ fn gather_matches_reference() {
 fn scatter_add_matches_reference() {
     pollster::block_on(scatter_cases(&ctx()));
 }
+
+#[test]
+fn qmatvec_id_matches_reference_for_every_format() {
+    pollster::block_on(qmatvec_id_cases(&ctx()));
+}
+
+#[test]
+fn moe_combine_matches_reference() {
+    pollster::block_on(moe_combine_cases(&ctx()));
+}

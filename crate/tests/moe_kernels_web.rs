@@ -29,3 +29,13 @@ async fn gather_matches_reference() {
 async fn scatter_add_matches_reference() {
     scatter_cases(&ctx().await).await;
 }
+
+#[wasm_bindgen_test]
+async fn qmatvec_id_matches_reference_for_every_format() {
+    qmatvec_id_cases(&ctx().await).await;
+}
+
+#[wasm_bindgen_test]
+async fn moe_combine_matches_reference() {
+    moe_combine_cases(&ctx().await).await;
+}

@@ -90,3 +90,75 @@ pub async fn scatter_cases(ctx: &GpuContext) {
         }
     }
 }
+
+/// qmatvec_id (experts by id, ops::qmatvec_id) against its CPU reference for F32, Q8_0, Q4_0 and
+/// Q4_1: ids that cover every expert and repeat experts (within a token's slots and across
+/// tokens), inputs shared by a token's slots (x_div = k, gate/up) and one per pair (x_div = 1,
+/// down), N not a multiple of 8, ids after an offset (as in the router's [w | idx] output).
+/// Tolerance, as qmatvec's: both sides sum K products in f32 in different orders, so
+/// |gpu − cpu| ≤ (2K + 4)·ε·Σ_j |w·x| per output (a wrong expert, row, block or nibble is O(1)).
+pub async fn qmatvec_id_cases(ctx: &GpuContext) {
+    use crate::gpu_common::{EPS, quantized_weight};
+    use crucible::ops::qmatvec_id::{self, IdParams, IdWeights};
+    use crucible::tensor::quant::BlockFormat;
+    // (E, N, K, T, k, x_div)
+    let shapes = [(4usize, 32usize, 32usize, 3usize, 2usize, 2usize), (6, 13, 64, 5, 2, 1), (8, 40, 96, 4, 3, 3), (3, 9, 128, 2, 3, 1)];
+    for (e, n, k, t, top_k, x_div) in shapes {
+        let pairs = t * top_k;
+        // Expert 0 twice in token 0's first two slots (a repeat within a token), then 1..E once
+        // each, then (3p) mod E (repeats across tokens): every expert appears (pairs > E here).
+        let ids: Vec<u32> = (0..pairs).map(|p| if p < 2 { 0 } else if p <= e { (p - 1) as u32 } else { (p * 3 % e) as u32 }).collect();
+        let mut seen = vec![false; e];
+        ids.iter().for_each(|&i| seen[i as usize] = true);
+        assert!(seen.iter().all(|&s| s), "ids {ids:?} cover every expert of {e}");
+        assert!(ids[0] == ids[1] && ids.len() > e + 1, "ids {ids:?} repeat an expert");
+        let x = data((e * 31 + k) as u64, pairs / x_div * k, 2.0);
+        let p = IdParams { n_experts: e, n, k, x_div };
+        let dense = data((n * 7 + e) as u64, e * n * k, 1.0);
+        let mut cases: Vec<(String, Option<crucible::tensor::quant::SplitBlocks>, Vec<f32>)> = vec![("F32".into(), None, dense.clone())];
+        for f in BlockFormat::ALL {
+            let (s, deq) = quantized_weight(f, e * n, k, (e * 131 + n) as u64);
+            cases.push((f.to_string(), Some(s), deq));
+        }
+        for (name, split, deq) in &cases {
+            let w = match split {
+                Some(s) => IdWeights::Quant(s),
+                None => IdWeights::F32(&dense),
+            };
+            let label = format!("qmatvec_id {name} E={e} N={n} K={k} T={t} k={top_k} x_div={x_div}");
+            let gpu = qmatvec_id::qmatvec_id(ctx, w, &p, &x, &ids, pairs).await.unwrap_or_else(|err| panic!("{label}: {err}"));
+            let cpu = qmatvec_id::reference(w, &p, &x, &ids).unwrap();
+            assert_eq!(gpu.len(), pairs * n, "{label}: output length");
+            for pr in 0..pairs {
+                let xr = &x[pr / x_div * k..(pr / x_div + 1) * k];
+                for r in 0..n {
+                    let row = &deq[(ids[pr] as usize * n + r) * k..][..k];
+                    let s: f64 = row.iter().zip(xr).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                    let tol = (2.0 * k as f64 + 4.0) * EPS * s + 1e-30;
+                    let (g, c) = (gpu[pr * n + r], cpu[pr * n + r]);
+                    assert!(((g - c) as f64).abs() <= tol, "{label} pair {pr} (expert {}) row {r}: gpu {g} cpu {c} tol {tol:e}", ids[pr]);
+                }
+            }
+        }
+    }
+    // An expert id out of range is an error naming the pair.
+    let e = qmatvec_id::qmatvec_id(ctx, IdWeights::F32(&[0.0; 8]), &IdParams { n_experts: 2, n: 1, k: 4, x_div: 1 }, &[0.0; 4], &[2], 0).await.unwrap_err().to_string();
+    assert!(e.contains("pair 0 names expert 2 of 2"), "{e}");
+}
+
+/// moe_combine: each token's k rows weighted by the router's weights and summed (k ≤ 4 products
+/// and sums in f32: within 4 ulp-ish, 1e-6 relative to the largest term's magnitude).
+pub async fn moe_combine_cases(ctx: &GpuContext) {
+    use crucible::ops::qmatvec_id;
+    for (t, k, h) in [(1usize, 2usize, 8usize), (5, 2, 64), (7, 4, 96), (33, 1, 32)] {
+        let w = data((t * 3 + k) as u64, 2 * t * k, 1.0); // [w | ignored], as the router's output
+        let src = data((t * 5 + h) as u64, t * k * h, 3.0);
+        let label = format!("moe_combine T={t} k={k} H={h}");
+        let gpu = qmatvec_id::combine(ctx, &w, &src, t, k, h).await.unwrap_or_else(|e| panic!("{label}: {e}"));
+        let cpu = qmatvec_id::combine_reference(&w, &src, t, k, h);
+        for (i, (a, b)) in gpu.iter().zip(&cpu).enumerate() {
+            let scale: f32 = (0..k).map(|s| (w[i / h * k + s] * src[(i / h * k + s) * h + i % h]).abs()).sum();
+            assert!((a - b).abs() <= 1e-6 * scale.max(1e-30) + 1e-30, "{label} [{i}]: gpu {a} cpu {b}");
+        }
+    }
+}
