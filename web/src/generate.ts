@@ -81,17 +81,6 @@ function fmtCount(n: number): string {
   return String(n);
 }
 
-function fmtBytes(n: number): string {
-  const u = ['B', 'KB', 'MB', 'GB'];
-  let i = 0;
-  let v = n;
-  while (v >= 1024 && i < u.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${u[i]}`;
-}
-
 /** The backend pill of a model: GPU with its adapter, or CPU with the reason. */
 function showBackend(slot: Slot, b: Backend) {
   const pill = slot.el.backend;
@@ -252,7 +241,7 @@ function describe(info: ModelInfo): string {
     `${info.family}`,
     `${fmtCount(info.params)} parameters`,
     `${info.quantization || 'F32'} weights${info.quantized_on_load ? ` (quantized on load to ${info.quantized_on_load})` : ''}`,
-    `${fmtBytes(info.weight_bytes)}`,
+    `${fmtMem(info.weight_bytes)}`,
     `${info.layers} layers`,
     `context ${info.context}`,
   ];
