@@ -23,6 +23,7 @@ const DIST = resolve(process.env.CRUCIBLE_DIST ?? join(ROOT, 'dist'));
 const BASE = join(ROOT, 'tests/fixtures/merge/models/base');
 const MIXTRAL_SHARDED = join(ROOT, 'tests/fixtures/moe/mixtral_bf16_sharded');
 const MIXTRAL_TOKENIZER = join(ROOT, 'tests/fixtures/moe/mixtral/tokenizer.json');
+const MIXTRAL_F16 = join(ROOT, 'tests/fixtures/moe/mixtral_f16');
 const PROMPT = 'the merge model';
 // The real SmolLM2-135M-Instruct Q4_1 (scripts/fetch_models.sh), served as a GGUF-only repo: greedy
 // ` Paris` = ids 7042 30 (llama.cpp / transformers, as in generate.test.mjs).
@@ -80,7 +81,9 @@ e2eSuite(
       mkdirSync(join(w, 'huge'));
       for (const [f, b] of Object.entries(HUGE)) writeFileSync(join(w, 'huge', f), b);
       hub = await serveHub(
-        { 'tiny/base': BASE, 'tiny/mixtral-sharded': shardedDir, 'slow/base': BASE, 'bad/huge': HUGE, 'gguf/smollm2': { [SMOL_FILE]: readFileSync(SMOL), 'README.md': Buffer.from('# SmolLM2 GGUF\n') } },
+        {
+          'tiny/mixtral-f16': { 'config.json': readFileSync(join(MIXTRAL_F16, 'config.json')), 'model.safetensors': readFileSync(join(MIXTRAL_F16, 'model.safetensors')), 'tokenizer.json': readFileSync(MIXTRAL_TOKENIZER) },
+          'tiny/base': BASE, 'tiny/mixtral-sharded': shardedDir, 'slow/base': BASE, 'bad/huge': HUGE, 'gguf/smollm2': { [SMOL_FILE]: readFileSync(SMOL), 'README.md': Buffer.from('# SmolLM2 GGUF\n') } },
         { slow: { 'slow/base': { chunk: 1024, delayMs: 80 } } },
       );
       return () => hub.close();
@@ -198,6 +201,19 @@ describe('Hub models in the Generate tab', () => {
     const [hs, ls] = await greedyIds(page, 6);
     assert.ok(hs.ids.length > 0);
     assert.deepEqual(hs.ids, ls.ids);
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  it('an F16 checkpoint: the estimate counts its matrices as the engine keeps them (F16, 2 bytes each)', async () => {
+    const { page, context, errors } = await newPage();
+    await page.selectOption('#gen-backend', 'cpu');
+    assert.ok((await readHub(page, 'tiny/mixtral-f16')).ok);
+    await page.click('#gen-hub-load');
+    await slotsReady(page, 1); // asserts estimated held bytes = the engine's weight_bytes
+    assert.match(await page.textContent('.gen-slot .gen-info'), /F16 weights/);
+    const [r] = await greedyIds(page, 4);
+    assert.ok(r.ids.length > 0);
     assert.deepEqual(errors, []);
     await context.close();
   });
