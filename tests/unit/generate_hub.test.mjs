@@ -189,6 +189,20 @@ describe('load budget: header readers', () => {
     await assert.rejects(B.ggufShape(new Blob([readFileSync(join(ROOT, 'tests/fixtures/moe/mixtral.gguf')).subarray(0, 200)]), 'cut.gguf'), /cut\.gguf: the GGUF header ends past the end of the file/);
   });
 
+  it('the GGUF format fixture (every metadata value type, arrays of strings / bools / u64, six tensor types): gguf-py\'s counts', async () => {
+    // tests/fixtures/gguf/main.gguf (scripts/fixtures/make_gguf_fixtures.py); gguf-py: 34 tensors,
+    // 84 744 elements, 247 456 bytes, llama.block_count 2; f32.arange has GGUF dims [8, 3].
+    const g = await B.ggufShape(new Blob([readFileSync(join(ROOT, 'tests/fixtures/gguf/main.gguf'))]), 'main.gguf');
+    assert.equal(g.tensors.length, 34);
+    const e = B.estimateLoad(g, '');
+    assert.equal(e.params, 84744);
+    assert.equal(e.fileBytes, 247456);
+    assert.equal(g.layers, 2);
+    assert.deepEqual(g.tensors[0], { name: 'f32.arange', dtype: 'F32', shape: [3, 8] });
+    assert.deepEqual(g.tensors[1], { name: 'f16.weight', dtype: 'F16', shape: [4, 40] });
+    assert.deepEqual([...new Set(g.tensors.map((t) => t.dtype))].sort(), ['BF16', 'F16', 'F32', 'Q4_0', 'Q4_1', 'Q8_0']);
+  });
+
   it('SmolLM2-135M Q4_1 GGUF: gguf-py\'s element and byte counts; fits the budget', async () => {
     assert.ok(existsSync(SMOL), `${SMOL} is missing: run scripts/fetch_models.sh (npm run setup does)`);
     const g = await B.ggufShape(new Blob([readFileSync(SMOL)]), 'SmolLM2.gguf');

@@ -335,7 +335,7 @@ function parseGguf(b: Uint8Array, file: string): { meta: Map<string, unknown>; t
       case 6: return (need(4), (p += 4), dv.getFloat32(p - 4, true));
       case 7: return (need(1), b[p++] !== 0);
       case 8: return str();
-      case 10: return u64();
+      case 10: return (need(8), (p += 8), Number(dv.getBigUint64(p - 8, true))); // a value: any u64
       case 11: return (need(8), (p += 8), Number(dv.getBigInt64(p - 8, true)));
       case 12: return (need(8), (p += 8), dv.getFloat64(p - 8, true));
       default: throw new Error(`${file}: unknown GGUF metadata type ${t}`);
