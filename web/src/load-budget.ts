@@ -99,6 +99,9 @@ const BLOCK_BYTES: Record<string, number> = { Q8_0: 34, Q4_0: 18, Q4_1: 20 };
 const SPLIT_BYTES: Record<string, number> = { Q8_0: 36, Q4_0: 20, Q4_1: 24 };
 
 const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+/** Whether the GGUF loader keeps F16 matrices (and stacked experts) F16 as the safetensors loader
+ * does (gguf_llama.rs `GgufLoader::linear` / `experts`, WeightStorage::F16). */
+const GGUF_F16_KEPT = true;
 
 /** Bytes of a tensor in its file. */
 export function storedBytes(t: TensorDesc, format: ModelShape['format']): number {
@@ -115,7 +118,7 @@ export function storedBytes(t: TensorDesc, format: ModelShape['format']): number
 export function loadedBytes(t: TensorDesc, format: ModelShape['format']): number {
   const n = numel(t.shape);
   if (format === 'gguf' && BLOCK_BYTES[t.dtype]) return (n / QK) * BLOCK_BYTES[t.dtype];
-  if (t.dtype === 'F16' && (format === 'gguf' ? t.shape.length >= 2 : t.shape.length === 2)) return n * 2;
+  if (t.dtype === 'F16' && (format === 'gguf' ? GGUF_F16_KEPT && t.shape.length >= 2 : t.shape.length === 2)) return n * 2;
   return n * 4;
 }
 
