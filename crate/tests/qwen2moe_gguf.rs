@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crucible::formats::checkpoint::{Checkpoint, DirFiles};
+use crucible::formats::gguf::Gguf;
 use crucible::formats::io::{FileSource, MemSource};
 use crucible::models::{KvCache, LlamaModel, MoeStyle};
 use crucible::posenc::rope::RopeLayout;
@@ -123,7 +124,7 @@ fn entry<'a>(reference: &'a Value, name: &str) -> &'a Value {
 #[test]
 fn f32_gguf_equals_the_hf_folder_and_matches_transformers() {
     let (g, reference) = manifests();
-    let mut report = Vec::new();
+    let (mut report, mut gate_shapes) = (Vec::new(), Vec::new());
     for f in g["files"].as_array().unwrap().iter().filter(|f| f["type"] == "F32") {
         let (file, name) = (f["file"].as_str().unwrap(), f["same_as"].as_str().unwrap());
         let model = load_gguf(file);
@@ -137,12 +138,22 @@ fn f32_gguf_equals_the_hf_folder_and_matches_transformers() {
         assert_eq!((0..moe.sparse_layers.len()).filter(|&i| moe.is_sparse(i)).collect::<Vec<_>>(), sparse, "{file}");
         // Q/K rows as HF wrote them (no permutation): NEOX / halves RoPE, as llama.cpp for qwen2moe.
         assert_eq!((model.rope_layout, twin.rope_layout), (RopeLayout::Halves, RopeLayout::Halves), "{file}");
+        // The shared-expert gate as the converter writes it, (1, H), or as llama.cpp declares it, (H,).
+        let mut src = FileSource::open(&fixtures().join("moe_gguf").join(file)).unwrap();
+        let header = Gguf::read(&mut src).unwrap();
+        let first = sparse[0];
+        let shape = &header.tensor(&format!("blk.{first}.ffn_gate_inp_shexp.weight")).unwrap().shape;
+        let h = model.config.hidden_size;
+        assert_eq!(shape, &if f["shared_expert_gate_shape"] == "(H,)" { vec![h] } else { vec![1, h] }, "{file}");
+        gate_shapes.push(shape.len());
         // Every tensor (experts unstacked, shared expert and its gate, biases) equals the folder's.
         assert!(model.weights == twin.weights, "{file}: weights differ from {name}/model.safetensors");
         let (et, er) = compare(file, &model, &twin, entry(&reference, name), 1e-5, 1e-4, 1e-5, true);
         report.push(format!("{file}: max abs logit diff vs HF folder {et:e}, vs transformers {er:e}"));
     }
     assert_eq!(report.len(), 2, "qwen2_moe.gguf and qwen2_moe_norm.gguf");
+    gate_shapes.sort();
+    assert_eq!(gate_shapes, [1, 2], "one file with each shared-expert gate shape");
     eprintln!("{}", report.join("\n"));
 }
 
@@ -199,21 +210,38 @@ fn q8_0_gguf_equals_quantize_on_load_of_the_hf_folder() {
     assert!(er > 1e-4, "Q8_0 rounding should move the logits");
 }
 
-#[test]
-fn crucible_run_greedy_on_the_gguf_gives_transformers_continuation() {
+/// `crucible run --greedy` on the manifest's GGUF with `backend`: stdout must be transformers'
+/// greedy continuation; returns stderr.
+fn run_greedy(backend: &str) -> String {
     let (g, _) = manifests();
     let greedy = &g["greedy"];
     let path = fixtures().join("moe_gguf").join(greedy["file"].as_str().unwrap());
     let n = greedy["max_new_tokens"].as_u64().unwrap().to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_crucible"))
-        .args(["run", "--model", path.to_str().unwrap(), "--prompt", greedy["prompt"].as_str().unwrap(), "--max-tokens", &n, "--greedy"])
+        .args(["run", "--model", path.to_str().unwrap(), "--prompt", greedy["prompt"].as_str().unwrap(), "--max-tokens", &n, "--greedy", "--backend", backend])
+        .env("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()))
         .output()
         .expect("run the crucible binary");
     let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap());
-    assert!(out.status.success(), "stderr: {stderr}");
-    assert_eq!(stdout, format!("{}\n", greedy["text"].as_str().unwrap()), "stderr: {stderr}");
+    assert!(out.status.success(), "--backend {backend}: {stderr}");
+    assert_eq!(stdout, format!("{}\n", greedy["text"].as_str().unwrap()), "--backend {backend}: {stderr}");
     let (prompt, new) = (greedy["prompt_ids"].as_array().unwrap().len(), greedy["ids"].as_array().unwrap().len());
     assert!(stderr.contains(&format!("prompt tokens: {prompt}, generated tokens: {new}")), "{stderr}");
+    stderr
+}
+
+#[test]
+fn crucible_run_greedy_on_the_gguf_gives_transformers_continuation() {
+    // The embedded gpt2 BPE must also give the script's prompt ids (5 of them) and decode the ids.
+    run_greedy("cpu");
+}
+
+#[test]
+fn crucible_run_backend_gpu_on_the_gguf_gives_transformers_continuation() {
+    // On the default adapter (lavapipe where there is no GPU; no adapter fails): the sparse
+    // layers, shared expert and halves RoPE of a qwen2moe GGUF through GpuLlama.
+    let stderr = run_greedy("gpu");
+    assert!(stderr.contains("GPU adapter: ") && stderr.contains("backend gpu: "), "{stderr}");
 }
 
 /// `bytes` with GGUF string `from` (a key or tensor name, in the header) replaced by `to` of the
