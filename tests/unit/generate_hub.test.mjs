@@ -111,6 +111,9 @@ describe('load budget: the estimate', () => {
     assert.equal(q.loaded, e.loaded);
     assert.equal(B.estimateLoad(shape, 'q8_0').held, ((2048 + 1024 + 3072) / 32) * 34 + 32 * 4 + 128 * 4);
     assert.equal(B.checkLoad('tiny', shape, ''), null);
+    // A fused expert tensor (E, 2·I, H) in BF16 is read whole as f32 before the split.
+    const fused = B.estimateLoad({ ...shape, tensors: [...shape.tensors, { name: 'model.layers.0.mlp.experts.gate_up_proj', dtype: 'BF16', shape: [4, 64, 32] }] }, '');
+    assert.equal(fused.readBuffer, 4 * 64 * 32 * 4);
   });
 
   it('refuses a model over 4 GiB with its name, the estimate, the budget and advice that would work', () => {

@@ -12,7 +12,8 @@
 //   - quantize-on-load runs after the whole model is loaded (layer by layer, each f32 layer freed
 //     as its blocks are made), so the peak of a load is the weights as loaded, and only what is
 //     held afterwards shrinks; WebAssembly memory never shrinks, so the peak is what counts;
-//   - reading a tensor goes through one buffer of its raw bytes (the largest tensor's size);
+//   - reading a tensor goes through one buffer of its raw bytes (the largest tensor's size; a
+//     checkpoint's fused 3-D expert tensor is read whole as f32 before it is split per expert);
 //   - the CPU copy of the weights stays in WebAssembly memory when the model runs on WebGPU too
 //     (the CPU fallback), so the WebAssembly budget applies on both backends;
 //   - the CPU KV cache grows to the positions used: 2 (k, v) × layers × positions × kv_heads ×
@@ -70,7 +71,7 @@ export interface LoadEstimate {
   loaded: number;
   /** ... and after quantize-on-load (= loaded without it) */
   held: number;
-  /** the largest tensor's raw bytes (the read buffer) */
+  /** the largest tensor's raw bytes (the read buffer; f32 for a fused 3-D expert tensor) */
   readBuffer: number;
   /** the CPU KV cache for `positions` positions */
   kv: number;
@@ -139,7 +140,8 @@ export function estimateLoad(shape: ModelShape, quantize: string): LoadEstimate 
     params += n;
     const stored = storedBytes(t, shape.format);
     fileBytes += stored;
-    readBuffer = Math.max(readBuffer, stored);
+    // A fused expert tensor of a checkpoint (E, 2·I, H) is read whole as f32, then copied per expert.
+    readBuffer = Math.max(readBuffer, shape.format === 'safetensors' && t.shape.length >= 3 ? n * 4 : stored);
     const l = loadedBytes(t, shape.format);
     loaded += l;
     const q = qBytes > 0 && quantizable(t);
