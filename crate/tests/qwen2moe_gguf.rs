@@ -266,6 +266,21 @@ fn set_u32(mut bytes: Vec<u8>, key: &str, value: u32) -> Vec<u8> {
 }
 
 #[test]
+fn absent_expert_sizes_default_as_in_llama_cpp() {
+    // llama.cpp load_tensors: n_ff_exp = feed_forward_length / expert_used_count (64 / 2 = 32)
+    // and n_ff_shexp = feed_forward_length (64) when the keys are absent; this fixture's experts
+    // are 32 wide and its shared expert 64, so without the keys the same model loads.
+    let full = load_gguf("qwen2_moe.gguf");
+    let mut bytes = gguf_bytes("qwen2_moe.gguf");
+    bytes = rename_key(bytes, "qwen2moe.expert_feed_forward_length", "qwen2moe.expert_feed_forward_lengtX");
+    bytes = rename_key(bytes, "qwen2moe.expert_shared_feed_forward_length", "qwen2moe.expert_shared_feed_forward_lengtX");
+    let m = load_gguf_bytes("no_sizes.gguf", bytes).unwrap();
+    let moe = m.config.moe.as_ref().unwrap();
+    assert_eq!((moe.expert_intermediate_size, moe.shared_expert_intermediate_size), (32, Some(64)));
+    assert!(m.config == full.config && m.weights == full.weights);
+}
+
+#[test]
 fn bad_files_name_the_tensor_or_key() {
     let bytes = gguf_bytes("qwen2_moe.gguf");
     let err = |b: Vec<u8>| load_gguf_bytes("bad.gguf", b).err().expect("a bad file must not load");
