@@ -444,6 +444,9 @@ log-likelihood (nats) and perplexity = exp(NLL).")]
             let opts = crucible::models::llama_gpu::GpuLlamaOptions { max_context: (prompt.len() + a.max_tokens).max(1), ..Default::default() };
             let g = crucible::models::llama_gpu::GpuLlama::new(ctx, &model, opts).map_err(|e| e.to_string())?;
             eprintln!("GPU adapter: {} (weights uploaded in {:.2}s, batched prefill: {})", g.ctx().adapter_info.name, t_up.elapsed().as_secs_f64(), g.batched_prefill());
+            if let Some(path) = g.moe_path() {
+                eprintln!("{path}");
+            }
             Some(g)
         } else {
             None

@@ -20,11 +20,19 @@
 //! ```
 //! Sparse MoE layers (Mixtral, Qwen2-MoE; `models::moe`, Mixtral arXiv 2401.04088) replace the
 //! MLP line by: router logits = hs·W_rᵀ (T, E) → ops::router (softmax + top-k, per-style
-//! combine weights) → submit and read the top-k back (2·T·k floats) → `ops::moe::MoePlan` on
-//! the CPU (each expert's tokens) → per expert with tokens: gather (ops::moe) → SwiGLU on the
-//! gathered rows (the linear ops above, ops::swiglu) → weighted scatter-add into y; Qwen2-MoE's
-//! shared expert on every row, scattered with its sigmoid gate; x += y. So an MoE layer costs one
-//! GPU→CPU sync per token chunk; the experts chosen are kept for [`GpuLlama::routes`].
+//! combine weights, out = [w (T, k) | idx (T, k)]) and then, by default ([`MoeGpuPath::ById`],
+//! llama.cpp's `mul_mat_id` idea): gate, up = ops::qmatvec_id over the T·k (token, slot) pairs
+//! with the experts' projections stacked in one binding each and the ids read from the router's
+//! output on the GPU (T·k, I) → ops::swiglu → down by id (T·k, H) → moe_combine (Σ_s w·out per
+//! token) → y; Qwen2-MoE's shared expert on every row, scattered with its sigmoid gate; x += y.
+//! Nothing is read back per layer: each layer's [w | idx] is copied behind the logits and comes
+//! back with them (one readback per step) for [`GpuLlama::routes`]. When the stacked experts do
+//! not fit one storage binding (or are not one F32 / Q8_0 / Q4_0 / Q4_1 format, or
+//! `max_chunk_rows` is below E·N, or CRUCIBLE_MOE_READBACK=1) the layer falls back to
+//! [`MoeGpuPath::Readback`] with the reason: submit and read the top-k back (2·T·k floats) →
+//! `ops::moe::MoePlan` on the CPU (each expert's tokens) → per expert with tokens: gather
+//! (ops::moe) → SwiGLU on the gathered rows (the linear ops above) → weighted scatter-add into y:
+//! one GPU→CPU sync per sparse layer and token chunk ([`GpuLlama::router_readbacks`]).
 //! then one submit and one readback of the logits (`GpuContext::read_f32`, which awaits the map:
 //! the same code runs natively under `pollster` and in the browser where mapping is async).
 //!
@@ -46,7 +54,7 @@ use crate::gpu::{GpuContext, GpuError, PooledBuffer};
 use crate::models::llama::{Linear, LlamaModel, WeightStorage};
 use crate::models::config::LlamaConfig;
 use crate::models::moe::{ExpertChoice, ExpertTrace, Mlp, MoeBlock};
-use crate::ops::{moe, router};
+use crate::ops::{moe, qmatvec_id, router};
 use crate::ops::embed::{EmbedTable, GpuEmbedTable, persistent_storage};
 use crate::ops::attention::{self, AttentionParams, GpuKvCache};
 use crate::ops::{OpError, add, hmatmul, hmatvec, matmul, qmatmul, qmatvec, rmsnorm, rope, swiglu};
@@ -277,24 +285,179 @@ impl GpuMlp {
 #[derive(Debug)]
 struct GpuMoe {
     router: GpuLinear,
-    experts: Vec<GpuMlp>,
+    experts: GpuExperts,
     shared: Option<(GpuMlp, GpuLinear)>,
 }
 
-fn upload_moe(ctx: &GpuContext, p: &str, b: &MoeBlock, max_rows: Option<usize>) -> Result<GpuMoe, GpuModelError> {
+/// The routed experts of one sparse layer: stacked per projection for `ops::qmatvec_id` (no CPU
+/// readback), or one `GpuMlp` each for the per-expert plan read back from the router.
+#[derive(Debug)]
+enum GpuExperts {
+    Stacked { gate: StackedProj, up: StackedProj, down: StackedProj },
+    PerExpert(Vec<GpuMlp>),
+}
+
+/// One projection of all E experts stacked by rows, (E·N, K), in one binding per array: F32
+/// (`qs` holds the floats) or split blocks.
+#[derive(Debug)]
+struct StackedProj {
+    /// `qmatvec_id::Meta.format`.
+    format: u32,
+    scales: Option<wgpu::Buffer>,
+    mins: Option<wgpu::Buffer>,
+    qs: wgpu::Buffer,
+    /// Elements of `scales` (and `mins`), of `qs`.
+    scale_len: usize,
+    qs_len: usize,
+    n: usize,
+    k: usize,
+}
+
+/// How the sparse MoE layers of a [`GpuLlama`] run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MoeGpuPath {
+    /// Experts picked on the GPU by `ops::qmatvec_id` from the router's output: no readback
+    /// until the logits (the routes of every layer come back with them).
+    ById,
+    /// The router's top-k read back per sparse layer and token chunk to plan per-expert
+    /// dispatches, because (the reason) the stacked experts cannot run by id.
+    Readback { reason: String },
+}
+
+impl std::fmt::Display for MoeGpuPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MoeGpuPath::ById => write!(f, "MoE experts chosen on the GPU (no readback per layer)"),
+            MoeGpuPath::Readback { reason } => write!(f, "MoE routes read back once per layer: {reason}"),
+        }
+    }
+}
+
+/// Stacks projection `pick` of every expert into one [`StackedProj`]; `Ok(Err(reason))` when the
+/// experts cannot run by id (mixed or unsupported storage, biases, shapes, too big for one
+/// binding, or more rows than `max_rows` allows in one chunk).
+fn stack_proj(ctx: &GpuContext, label: &str, experts: &[Mlp], pick: fn(&Mlp) -> &Linear, max_rows: Option<usize>) -> Result<Result<StackedProj, String>, GpuModelError> {
+    let lins: Vec<&Linear> = experts.iter().map(pick).collect();
+    let Some(first) = lins.first() else { return Ok(Err(format!("{label}: no experts"))) };
+    let (n, k) = (first.out_features, first.in_features);
+    if let Some(i) = lins.iter().position(|l| (l.out_features, l.in_features) != (n, k)) {
+        return Ok(Err(format!("{label}: expert {i} is {} × {}, expert 0 {n} × {k}", lins[i].out_features, lins[i].in_features)));
+    }
+    if lins.iter().any(|l| l.bias.is_some()) {
+        return Ok(Err(format!("{label}: experts with biases")));
+    }
+    let rows = n * lins.len();
+    if let Some(m) = max_rows
+        && rows > m
+    {
+        return Ok(Err(format!("{label}: {rows} stacked rows exceed max_chunk_rows {m}")));
+    }
+    let limit = ctx.max_binding_bytes();
+    let too_big = |bytes: u64| format!("{label}: the {} stacked experts take {bytes} bytes, more than one storage binding holds ({limit} bytes, max_storage_buffer_binding_size)", lins.len());
+    if let WeightStorage::F32(_) = &first.weight {
+        let mut all = Vec::with_capacity(rows * k);
+        for (i, l) in lins.iter().enumerate() {
+            match &l.weight {
+                WeightStorage::F32(w) => all.extend_from_slice(w),
+                _ => return Ok(Err(format!("{label}: expert {i} is not F32 like expert 0"))),
+            }
+        }
+        if !k.is_multiple_of(4) {
+            return Ok(Err(format!("{label}: row length {k} is not a multiple of 4 (F32 by id reads vec4)")));
+        }
+        if all.len() as u64 * 4 > limit {
+            return Ok(Err(too_big(all.len() as u64 * 4)));
+        }
+        let qs = persistent_storage(ctx, &format!("{label}.stacked"), bytemuck::cast_slice(&all))?;
+        return Ok(Ok(StackedProj { format: qmatvec_id::FORMAT_F32, scales: None, mins: None, qs, scale_len: 0, qs_len: all.len(), n, k }));
+    }
+    let mut parts = Vec::with_capacity(lins.len());
+    for (i, l) in lins.iter().enumerate() {
+        match split_of(&l.weight) {
+            Some(s) if s.format == parts.first().map_or(s.format, |p: &std::borrow::Cow<'_, SplitBlocks>| p.format) => parts.push(s),
+            _ => return Ok(Err(format!("{label}: expert {i} is not in expert 0's format (F32, Q8_0, Q4_0 or Q4_1 by id)"))),
+        }
+    }
+    let format = parts[0].format;
+    let qs_len: usize = parts.iter().map(|p| p.qs.len()).sum();
+    if qs_len as u64 * 4 > limit {
+        return Ok(Err(too_big(qs_len as u64 * 4)));
+    }
+    let scales: Vec<f32> = parts.iter().flat_map(|p| p.scales.iter().copied()).collect();
+    let qs: Vec<u32> = parts.iter().flat_map(|p| p.qs.iter().copied()).collect();
+    let mins = if format.has_min() {
+        let m: Vec<f32> = parts.iter().flat_map(|p| p.mins.iter().flatten().copied()).collect();
+        Some(persistent_storage(ctx, &format!("{label}.stacked.mins"), bytemuck::cast_slice(&m))?)
+    } else {
+        None
+    };
+    Ok(Ok(StackedProj {
+        format: qmatvec::format_code(format),
+        scales: Some(persistent_storage(ctx, &format!("{label}.stacked.scales"), bytemuck::cast_slice(&scales))?),
+        mins,
+        qs: persistent_storage(ctx, &format!("{label}.stacked.qs"), bytemuck::cast_slice(&qs))?,
+        scale_len: scales.len(),
+        qs_len,
+        n,
+        k,
+    }))
+}
+
+/// The stacked experts of a block, or the reason they cannot run by id.
+fn stack_experts(ctx: &GpuContext, p: &str, b: &MoeBlock, max_rows: Option<usize>) -> Result<Result<GpuExperts, String>, GpuModelError> {
+    let gate = match stack_proj(ctx, &format!("{p}.experts.gate_proj"), &b.experts, |m| &m.gate_proj, max_rows)? {
+        Ok(s) => s,
+        Err(r) => return Ok(Err(r)),
+    };
+    let up = match stack_proj(ctx, &format!("{p}.experts.up_proj"), &b.experts, |m| &m.up_proj, max_rows)? {
+        Ok(s) => s,
+        Err(r) => return Ok(Err(r)),
+    };
+    let down = match stack_proj(ctx, &format!("{p}.experts.down_proj"), &b.experts, |m| &m.down_proj, max_rows)? {
+        Ok(s) => s,
+        Err(r) => return Ok(Err(r)),
+    };
+    if (gate.n, gate.k) != (up.n, up.k) || (down.n, down.k) != (gate.k, gate.n) {
+        return Ok(Err(format!("{p}.experts: gate {}×{}, up {}×{}, down {}×{} do not form a SwiGLU MLP", gate.n, gate.k, up.n, up.k, down.n, down.k)));
+    }
+    Ok(Ok(GpuExperts::Stacked { gate, up, down }))
+}
+
+/// Uploads a block; its experts stacked for `qmatvec_id` when `by_id` and they can be (else
+/// one MLP each), with the reason when they are not.
+fn upload_moe(ctx: &GpuContext, p: &str, b: &MoeBlock, max_rows: Option<usize>, by_id: bool) -> Result<(GpuMoe, Option<String>), GpuModelError> {
     let router = upload_linear(ctx, &format!("{p}.gate"), &b.router, max_rows)?;
-    let experts = b.experts.iter().enumerate().map(|(e, m)| upload_mlp(ctx, &format!("{p}.experts.{e}"), m, max_rows)).collect::<Result<Vec<_>, _>>()?;
+    let (experts, reason) = match if by_id { stack_experts(ctx, p, b, max_rows)? } else { Err("an earlier sparse layer could not run by id".to_string()) } {
+        Ok(s) => (s, None),
+        Err(reason) => (GpuExperts::PerExpert(b.experts.iter().enumerate().map(|(e, m)| upload_mlp(ctx, &format!("{p}.experts.{e}"), m, max_rows)).collect::<Result<Vec<_>, _>>()?), Some(reason)),
+    };
     let shared = match &b.shared {
         Some(sh) => Some((upload_mlp(ctx, &format!("{p}.shared_expert"), &sh.mlp, max_rows)?, upload_linear(ctx, &format!("{p}.shared_expert_gate"), &sh.gate, max_rows)?)),
         None => None,
     };
-    Ok(GpuMoe { router, experts, shared })
+    Ok((GpuMoe { router, experts, shared }, reason))
+}
+
+/// Records x (pairs / x_div, K) → y (pairs, N) through `w` with the experts at
+/// `ids[ids_offset..]` (f32-coded, router output).
+#[allow(clippy::too_many_arguments)]
+fn encode_by_id(ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, w: &StackedProj, pairs: usize, x_div: usize, n_experts: usize, ids: wgpu::BufferBinding<'_>, ids_offset: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<(), OpError> {
+    let meta = qmatvec_id::Meta { n: w.n as u32, k: w.k as u32, format: w.format, pairs: pairs as u32, x_div: x_div as u32, ids_offset: ids_offset as u32, n_experts: n_experts as u32, _pad: 0 };
+    let sc = w.scales.as_ref().map_or_else(|| range(&w.qs, 0, 1), |s| range(s, 0, w.scale_len));
+    let mn = match (&w.mins, &w.scales) {
+        (Some(m), _) => range(m, 0, w.scale_len),
+        (None, Some(s)) => range(s, 0, w.scale_len),
+        (None, None) => range(&w.qs, 0, 1),
+    };
+    qmatvec_id::encode(ctx, enc, &meta, sc, mn, range(&w.qs, 0, w.qs_len), ids, range(x, 0, pairs / x_div * w.k), range(y, 0, pairs * w.n))
 }
 
 impl GpuMoe {
     fn linears(&self) -> Vec<&GpuLinear> {
         let mut v = vec![&self.router];
-        v.extend(self.experts.iter().flat_map(GpuMlp::linears));
+        if let GpuExperts::PerExpert(experts) = &self.experts {
+            v.extend(experts.iter().flat_map(GpuMlp::linears));
+        }
         if let Some((m, g)) = &self.shared {
             v.extend(m.linears());
             v.push(g);
@@ -378,6 +541,10 @@ pub struct GpuLlama {
     batched: bool,
     /// Experts chosen per token and layer by the last `forward`/`forward_last` call.
     routes: ExpertTrace,
+    /// How sparse layers run (None: no MoE).
+    moe_path: Option<MoeGpuPath>,
+    /// Router readbacks made by the per-expert plan since creation (0 on the by-id path).
+    router_readbacks: u64,
 }
 
 impl std::fmt::Debug for GpuLlama {
@@ -403,8 +570,22 @@ impl GpuLlama {
         let mr = opts.max_chunk_rows;
         let embed = upload_table(&ctx, "embed_tokens", &w.embed_tokens, mr)?;
         let mut layers = Vec::with_capacity(w.layers.len());
+        // MoE: experts by id (qmatvec_id) unless a block cannot be stacked; then that block and
+        // the later ones read the router back (MoeGpuPath::Readback with the first reason).
+        // CRUCIBLE_MOE_READBACK=1 forces the readback path (to measure what by id saves).
+        let mut moe_reason: Option<String> = (std::env::var("CRUCIBLE_MOE_READBACK").as_deref() == Ok("1")).then(|| "CRUCIBLE_MOE_READBACK=1 is set".to_string());
         for (i, l) in w.layers.iter().enumerate() {
             let p = format!("layers.{i}");
+            let moe = match &l.moe {
+                Some(b) => {
+                    let (m, reason) = upload_moe(&ctx, &format!("{p}.mlp"), b, mr, moe_reason.is_none())?;
+                    if moe_reason.is_none() {
+                        moe_reason = reason;
+                    }
+                    Some(m)
+                }
+                None => None,
+            };
             layers.push(GpuLayer {
                 input_norm: persistent_storage(&ctx, &format!("{p}.input_layernorm"), bytemuck::cast_slice(&l.input_layernorm))?,
                 post_norm: persistent_storage(&ctx, &format!("{p}.post_attention_layernorm"), bytemuck::cast_slice(&l.post_attention_layernorm))?,
@@ -416,10 +597,7 @@ impl GpuLlama {
                     Some(_) => None,
                     None => Some(upload_mlp(&ctx, &format!("{p}.mlp"), &Mlp { gate_proj: l.gate_proj.clone(), up_proj: l.up_proj.clone(), down_proj: l.down_proj.clone() }, mr)?),
                 },
-                moe: match &l.moe {
-                    Some(b) => Some(upload_moe(&ctx, &format!("{p}.mlp"), b, mr)?),
-                    None => None,
-                },
+                moe,
                 window: c.layer_windows[i],
             });
         }
@@ -455,7 +633,15 @@ impl GpuLlama {
             return Err(GpuModelError::Unsupported(format!("num_experts_per_tok {} of num_experts {}: need 1 ≤ k ≤ E", m.top_k, m.num_experts)));
         }
         let (n_experts, top_k) = moe_cfg.map_or((0, 0), |m| (m.num_experts, m.top_k));
-        let mlp_width = inter.max(moe_cfg.map_or(0, |m| m.expert_intermediate_size.max(m.shared_expert_intermediate_size.unwrap_or(0))));
+        // By id the experts' gate/up rows are (t·k, I_e) and their outputs (t·k, H).
+        let mlp_width = inter.max(moe_cfg.map_or(0, |m| (top_k * m.expert_intermediate_size).max(m.shared_expert_intermediate_size.unwrap_or(0))));
+        let moe_layers = layers.iter().filter(|l| l.moe.is_some()).count();
+        let moe_path = moe_cfg.map(|_| match &moe_reason {
+            Some(reason) => MoeGpuPath::Readback { reason: reason.clone() },
+            None => MoeGpuPath::ById,
+        });
+        // The routes of every sparse layer ride with the logits (one readback per step).
+        let route_floats = if moe_path == Some(MoeGpuPath::ById) { moe_layers * 2 * t * top_k } else { 0 };
         let scratch = Scratch {
             tokens: f("llama_gpu.tokens", t)?,
             x: f("llama_gpu.x", t * h)?,
@@ -469,21 +655,21 @@ impl GpuLlama {
             up: f("llama_gpu.up", t * mlp_width)?,
             partial: f("llama_gpu.partial", max_splits * nh * (hd + 2))?,
             last: f("llama_gpu.last", h)?,
-            logits: f("llama_gpu.logits", t * vocab)?,
+            logits: f("llama_gpu.logits", t * vocab + route_floats)?,
             router_logits: f("llama_gpu.router_logits", t * n_experts)?,
             router_out: f("llama_gpu.router_out", 2 * t * top_k)?,
             moe_idx: f("llama_gpu.moe_idx", t * top_k)?,
             moe_w: f("llama_gpu.moe_w", t * top_k)?,
             moe_ident: f("llama_gpu.moe_ident", if moe_cfg.is_some() { t } else { 0 })?,
             moe_x: f("llama_gpu.moe_x", if moe_cfg.is_some() { t * h } else { 0 })?,
-            moe_out: f("llama_gpu.moe_out", if moe_cfg.is_some() { t * h } else { 0 })?,
+            moe_out: f("llama_gpu.moe_out", if moe_cfg.is_some() { t * top_k * h } else { 0 })?,
             moe_gate: f("llama_gpu.moe_gate", if moe_cfg.is_some() { t } else { 0 })?,
         };
         if moe_cfg.is_some() {
             let ident: Vec<u32> = (0..t as u32).collect();
             ctx.queue.write_buffer(&scratch.moe_ident, 0, bytemuck::cast_slice(&ident));
         }
-        Ok(GpuLlama { ctx, config: c.clone(), layout: model.rope_layout, freqs, inv_freq, embed, layers, norm, head, cache, scratch, opts, batched, routes: Vec::new() })
+        Ok(GpuLlama { ctx, config: c.clone(), layout: model.rope_layout, freqs, inv_freq, embed, layers, norm, head, cache, scratch, opts, batched, routes: Vec::new(), moe_path, router_readbacks: 0 })
     }
 
     pub fn ctx(&self) -> &GpuContext {
@@ -509,6 +695,18 @@ impl GpuLlama {
     /// `routes()[t][layer]`, as `LlamaModel::forward_traced`'s trace.
     pub fn routes(&self) -> &ExpertTrace {
         &self.routes
+    }
+
+    /// How the sparse MoE layers run (by id on the GPU, or with a router readback per layer and
+    /// the reason); None for a dense model.
+    pub fn moe_path(&self) -> Option<&MoeGpuPath> {
+        self.moe_path.as_ref()
+    }
+
+    /// Router top-k readbacks (GPU→CPU syncs inside a step) made since creation: 0 when the
+    /// experts run by id, one per sparse layer and token chunk otherwise.
+    pub fn router_readbacks(&self) -> u64 {
+        self.router_readbacks
     }
 
     /// Start a new sequence (the cache buffers are kept).
@@ -595,6 +793,11 @@ impl GpuLlama {
 
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("llama_gpu token") });
         let mut routes: ExpertTrace = vec![vec![Vec::<ExpertChoice>::new(); self.layers.len()]; t];
+        // Rows of logits read back; the by-id MoE layers' routes follow them in the same buffer
+        // (slot i at rows·vocab + i·2·t·k: [w (t, k) | idx (t, k)] of layer route_layers[i]).
+        let rows = if last_only { 1 } else { t };
+        let mut route_slot = 0usize;
+        let mut route_layers: Vec<usize> = Vec::new();
         self.embed.encode(ctx, &mut enc, t, range(&s.tokens, 0, t), range(&s.x, 0, t * h))?;
         for (li, l) in self.layers.iter().enumerate() {
             rmsnorm::encode(ctx, &mut enc, &norm_meta(t), range(&s.x, 0, t * h), range(&l.input_norm, 0, h), range(&s.hs, 0, t * h))?;
@@ -615,13 +818,41 @@ impl GpuLlama {
             rmsnorm::encode(ctx, &mut enc, &norm_meta(t), range(&s.x, 0, t * h), range(&l.post_norm, 0, h), range(&s.hs, 0, t * h))?;
             if let Some(m) = &l.mlp {
                 m.encode(ctx, &mut enc, t, &s.hs, &s.gate, &s.up, &s.tmp)?;
-            } else if let (Some(b), Some(mc)) = (&l.moe, &c.moe) {
+            } else if let (Some(b), Some(mc), Some(GpuExperts::Stacked { gate, up, down })) = (&l.moe, &c.moe, l.moe.as_ref().map(|b| &b.experts)) {
+                // By id (ops::qmatvec_id): route on the GPU, then gate/up of each (token, slot)
+                // pair with the chosen expert's rows, SwiGLU over the t·k rows, down by id, the
+                // weighted sum of each token's k outputs (moe_combine); nothing is read back.
+                let (e_n, k) = (mc.num_experts, mc.top_k);
+                let tk = t * k;
+                b.router.encode(ctx, &mut enc, t, &s.hs, &s.router_logits)?;
+                let rmeta = router::Meta { t: t as u32, e: e_n as u32, k: k as u32, renorm: router::renorm_for(mc.style, mc.norm_topk_prob) as u32 };
+                router::encode(ctx, &mut enc, &rmeta, range(&s.router_logits, 0, t * e_n), range(&s.router_out, 0, 2 * tk))?;
+                let ids = || range(&s.router_out, 0, 2 * tk);
+                encode_by_id(ctx, &mut enc, gate, tk, k, e_n, ids(), tk, &s.hs, &s.gate)?;
+                encode_by_id(ctx, &mut enc, up, tk, k, e_n, ids(), tk, &s.hs, &s.up)?;
+                let ie = gate.n;
+                swiglu::encode(ctx, &mut enc, &swiglu::Meta { n: (tk * ie) as u32, _pad: [0; 3] }, range(&s.gate, 0, tk * ie), range(&s.up, 0, tk * ie))?;
+                encode_by_id(ctx, &mut enc, down, tk, 1, e_n, ids(), tk, &s.gate, &s.moe_out)?;
+                let cmeta = qmatvec_id::CombineMeta { t: t as u32, k: k as u32, h: h as u32, _pad: 0 };
+                qmatvec_id::encode_combine(ctx, &mut enc, &cmeta, range(&s.router_out, 0, tk), range(&s.moe_out, 0, tk * h), range(&s.tmp, 0, t * h))?;
+                if let Some((shared, sgate)) = &b.shared {
+                    shared.encode(ctx, &mut enc, t, &s.hs, &s.gate, &s.up, &s.moe_out)?;
+                    sgate.encode(ctx, &mut enc, t, &s.hs, &s.moe_gate)?;
+                    let smeta = moe::ScatterMeta { n: t as u32, h: h as u32, offset: 0, mode: moe::MODE_SIGMOID };
+                    moe::encode_scatter(ctx, &mut enc, &smeta, range(&s.tmp, 0, t * h), range(&s.moe_ident, 0, t), range(&s.moe_gate, 0, t), range(&s.moe_out, 0, t * h))?;
+                }
+                // This layer's [w | idx] joins the logits' readback (after the rows·vocab logits).
+                enc.copy_buffer_to_buffer(&s.router_out, 0, &s.logits, ((rows * vocab + route_slot * 2 * tk) * 4) as u64, (2 * tk * 4) as u64);
+                route_layers.push(li);
+                route_slot += 1;
+            } else if let (Some(b), Some(mc), Some(GpuExperts::PerExpert(experts))) = (&l.moe, &c.moe, l.moe.as_ref().map(|b| &b.experts)) {
                 // Route: router logits → softmax/top-k on the GPU; submit and read the top-k back
                 // (2·t·k floats) to plan the per-expert dispatches (ops::moe docs).
                 let (e_n, k) = (mc.num_experts, mc.top_k);
                 b.router.encode(ctx, &mut enc, t, &s.hs, &s.router_logits)?;
                 let rmeta = router::Meta { t: t as u32, e: e_n as u32, k: k as u32, renorm: router::renorm_for(mc.style, mc.norm_topk_prob) as u32 };
                 router::encode(ctx, &mut enc, &rmeta, range(&s.router_logits, 0, t * e_n), range(&s.router_out, 0, 2 * t * k))?;
+                self.router_readbacks += 1;
                 let done = std::mem::replace(&mut enc, ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("llama_gpu moe") }));
                 ctx.queue.submit([done.finish()]);
                 let out = ctx.read_f32("llama_gpu router top-k", &s.router_out, 0, 2 * t * k).await?;
@@ -632,7 +863,7 @@ impl GpuLlama {
                 // y = Σ_e scatter(w · expert_e(gather(hs))) (+ sigmoid(g)·shared(hs)), then x += y.
                 enc.clear_buffer(&s.tmp, 0, Some((t * h * 4) as u64));
                 let tk = t * k;
-                for (e, expert) in b.experts.iter().enumerate() {
+                for (e, expert) in experts.iter().enumerate() {
                     let (n, off) = (plan.counts[e], plan.offsets[e]);
                     if n == 0 {
                         continue;
@@ -658,13 +889,13 @@ impl GpuLlama {
             add::encode(ctx, &mut enc, &add_meta, range(&s.x, 0, t * h), range(&s.tmp, 0, t * h))?;
         }
         // Final norm; the head on every row or on the last one (copied to the start of `last`).
-        let (src, rows): (&wgpu::Buffer, usize) = if last_only {
+        let src: &wgpu::Buffer = if last_only {
             enc.copy_buffer_to_buffer(&s.x, ((t - 1) * h * 4) as u64, &s.last, 0, (h * 4) as u64);
             rmsnorm::encode(ctx, &mut enc, &norm_meta(1), range(&s.last, 0, h), range(&self.norm, 0, h), range(&s.hs, 0, h))?;
-            (&s.hs, 1)
+            &s.hs
         } else {
             rmsnorm::encode(ctx, &mut enc, &norm_meta(t), range(&s.x, 0, t * h), range(&self.norm, 0, h), range(&s.hs, 0, t * h))?;
-            (&s.hs, t)
+            &s.hs
         };
         match &self.head {
             Some(head) => head.encode(ctx, &mut enc, rows, src, &s.logits)?,
@@ -672,7 +903,15 @@ impl GpuLlama {
         }
         ctx.queue.submit([enc.finish()]);
         self.cache.advance(t)?;
-        let logits = ctx.read_f32("llama_gpu logits", &s.logits, 0, rows * vocab).await?;
+        let k = c.moe.as_ref().map_or(0, |m| m.top_k);
+        let mut logits = ctx.read_f32("llama_gpu logits", &s.logits, 0, rows * vocab + route_slot * 2 * t * k).await?;
+        for (i, &li) in route_layers.iter().enumerate() {
+            let at = rows * vocab + i * 2 * t * k;
+            for (ti, cs) in router::unpack(&logits[at..at + 2 * t * k], t, k).into_iter().enumerate() {
+                routes[ti][li] = cs;
+            }
+        }
+        logits.truncate(rows * vocab);
         self.routes.extend(routes);
         Ok(logits)
     }
