@@ -21,7 +21,8 @@ wasm-bindgen --target web --out-dir web/pkg "$wasm"
 
 if [[ $profile == release ]]; then
   echo "[build-wasm] wasm-opt -O (npm binaryen)"
-  node_modules/.bin/wasm-opt -O --enable-bulk-memory --enable-nontrapping-float-to-int \
+  # --enable-simd: the crate is built with +simd128 (.cargo/config.toml); wasm-opt must accept and keep it
+  node_modules/.bin/wasm-opt -O --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
     --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
     web/pkg/crucible_bg.wasm -o web/pkg/crucible_bg.opt.wasm
   mv web/pkg/crucible_bg.opt.wasm web/pkg/crucible_bg.wasm

@@ -1,6 +1,7 @@
 // The engine on the UI thread: only the quick, synchronous calls (the method list, checking a
 // recipe). Merges run in `merge.worker.ts`.
 import init, * as wasm from '../pkg/crucible.js';
+import { wasmInitError } from './wasm_error';
 
 export type BaseUse = 'required' | 'optional' | 'ignored';
 export type ParamKind = 'float' | 'bool' | 'int';
@@ -44,7 +45,7 @@ export function defaultValue(d: unknown): number | boolean | undefined {
 let ready: Promise<void> | undefined;
 
 export function loadEngine(): Promise<void> {
-  const p = ready ?? init().then(() => undefined);
+  const p = ready ?? init().then(() => undefined, (e: unknown) => Promise.reject(wasmInitError(e)));
   ready = p;
   return p;
 }

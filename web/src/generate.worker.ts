@@ -6,6 +6,7 @@
 // yields to its message queue, so a `stop` message ends the generation after the current token.
 // Perplexity runs in one call (the page terminates this worker to cancel it).
 import init, { Generator, last_panic } from '../pkg/crucible.js';
+import { wasmInitError } from './wasm_error';
 
 /** Where the model's files come from. */
 export type ModelSourceMsg =
@@ -83,7 +84,7 @@ const ctx = globalThis as unknown as {
   addEventListener(type: 'message', f: (e: MessageEvent<ToWorker>) => void): void;
 };
 
-const engine = init();
+const engine = init().catch((e: unknown) => Promise.reject(wasmInitError(e)));
 /** The engine's memory, once it is instantiated (its size is reported with loads and traps). */
 let memory: WebAssembly.Memory | null = null;
 engine.then((w) => (memory = w.memory), () => undefined);

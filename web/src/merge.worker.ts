@@ -6,6 +6,7 @@
 // bounded by one step and Cancel takes effect within one step: the open files are aborted and every
 // file the run created is removed. (If the worker does not answer, the page terminates it.)
 import init, { last_panic, MergeSession } from '../pkg/crucible.js';
+import { wasmInitError } from './wasm_error';
 import { openSink, type OutputSink, type OutputTarget } from './output';
 import type { StatsRow } from './stats';
 
@@ -40,7 +41,7 @@ const ctx = globalThis as unknown as {
   addEventListener(type: 'message', f: (e: MessageEvent<ToWorker>) => void): void;
 };
 
-const engine = init();
+const engine = init().catch((e: unknown) => Promise.reject(wasmInitError(e)));
 let cancelRequested = false;
 let busy = false;
 
