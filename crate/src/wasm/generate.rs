@@ -21,7 +21,8 @@
 //! (`models::llama_gpu::GpuLlama`: our WGSL kernels, KV cache on the GPU, logits read back each
 //! step) when the browser has an adapter and the model is one the GPU path runs (MoE layers
 //! included: router, experts and shared expert on the GPU, the experts chosen read back from
-//! `GpuLlama::routes` for the heat map). A GPU failure in the middle of a generation (device lost, an
+//! `GpuLlama::routes` for the heat map — with the logits, once per step, when the experts run by
+//! id; `moe_gpu` in the backend JSON says which path and why). A GPU failure in the middle of a generation (device lost, an
 //! out-of-memory) moves the generation to the CPU: the tokens so far are run through the CPU
 //! model, and the step reports the switch and its reason.
 //!
@@ -134,11 +135,12 @@ impl Generator {
         }
     }
 
-    /// `{backend, adapter, reason}` as JSON values.
+    /// `{backend, adapter, reason, moe_gpu}` as JSON values (`moe_gpu`: on the GPU, how MoE layers
+    /// run: experts by id without a readback per layer, or the reason they read the router back).
     fn backend_json(&self) -> serde_json::Value {
         match &self.gpu {
-            Some(g) => json!({ "backend": "gpu", "adapter": g.ctx().adapter_info.name, "cpu_reason": null }),
-            None => json!({ "backend": "cpu", "adapter": null, "cpu_reason": self.cpu_reason }),
+            Some(g) => json!({ "backend": "gpu", "adapter": g.ctx().adapter_info.name, "cpu_reason": null, "moe_gpu": g.moe_path().map(|p| p.to_string()) }),
+            None => json!({ "backend": "cpu", "adapter": null, "cpu_reason": self.cpu_reason, "moe_gpu": null }),
         }
     }
 
@@ -277,6 +279,7 @@ impl Generator {
             "backend": if self.gpu.is_some() { "gpu" } else { "cpu" },
             "adapter": self.gpu.as_ref().map(|g| g.ctx().adapter_info.name.clone()),
             "cpu_reason": self.cpu_reason,
+            "moe_gpu": self.gpu.as_ref().and_then(|g| g.moe_path()).map(|p| p.to_string()),
             "params": params,
             "weight_bytes": w.weight_bytes(),
             "quantization": quantization,
