@@ -1,8 +1,9 @@
 //! The wasm SIMD128 CPU products (`models/cpu_simd128.rs`) in Chromium against the scalar
 //! reference: the f32 dot against an f64 sum over every length 0–70 and some longer odd ones, and
 //! `Linear::forward` (which runs the SIMD128 loops in this build) against the readable
-//! `Linear::forward_reference` for f32 weights (odd row lengths) and Q8_0 / Q4_0 / Q4_1 in both
-//! the GGUF block and the split layout, one token and several, odd numbers of blocks and rows.
+//! `Linear::forward_reference` for f32 and F16 weights (odd row lengths) and Q8_0 / Q4_0 / Q4_1 in
+//! both the GGUF block and the split layout, one token and several, odd numbers of blocks and rows;
+//! the SIMD f16 → f32 widening against `half` for every bit pattern.
 //! Tolerance: |simd − reference| ≤ 1e-5 · Σ_j |w_j·x_j| per output (f32 summation order only),
 //! as natively in `cpu_matvec.rs`.
 //!
@@ -111,5 +112,36 @@ fn block_products_agree_for_wide_ranges() {
         let q = Linear::quantized(out, inp, format, bytes, None).unwrap();
         check(&q, &x, &format!("{format} wide ranges"));
         check(&q.into_split(), &x, &format!("{format} split wide ranges"));
+    }
+}
+
+/// The SIMD128 f16 → f32 widening equals `half`'s for every one of the 65 536 bit patterns, in
+/// every lane (NaNs: NaN; ±0: a zero, since the sums start from +0; the other lanes hold −0
+/// weights so that the sum is the widened value).
+#[cfg(target_feature = "simd128")]
+#[wasm_bindgen_test]
+fn f16_widening_is_exact_for_every_f16_in_every_lane() {
+    use crucible::models::cpu_simd128::dot_f16;
+    let ones = [1.0f32; 8];
+    for h in 0..=u16::MAX {
+        let want = half::f16::from_bits(h).to_f32();
+        for lane in 0..8 {
+            let mut w = [0x8000u16; 8];
+            w[lane] = h;
+            let got = dot_f16(&w, &ones);
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()) || (got == 0.0 && want == 0.0), "{h:#06x} in lane {lane}: {got} vs {want}");
+        }
+    }
+}
+
+#[wasm_bindgen_test]
+fn f16_products_agree_with_the_reference_for_odd_lengths() {
+    for &(out, inp) in &[(1usize, 1usize), (3, 7), (7, 37), (13, 64), (5, 129)] {
+        let w: Vec<u16> = data(out * inp, 21 + inp as u64).iter().map(|v| half::f16::from_f32(*v).to_bits()).collect();
+        let bias = data(out, 22);
+        for t in [1usize, 2, 5] {
+            let x = data(t * inp, 23 + t as u64);
+            check(&Linear::f16(out, inp, w.clone(), Some(bias.clone())).unwrap(), &x, &format!("f16 ({out}, {inp}) T={t}"));
+        }
     }
 }

@@ -354,6 +354,9 @@ fn rows(src: Src<'_>, x: &[f32], xsum: &[f32], inp: usize, t: usize, o0: usize, 
         if let Src::F32(w, bias) = src {
             return simd::rows_f32(w, bias, x, inp, t, o0, yt);
         }
+        if let Src::F16(w, bias) = src {
+            return simd::rows_f16(w, bias, x, inp, t, o0, yt);
+        }
         if let Src::Blocks(format, bytes) = src {
             return simd::rows_gguf(format, bytes, x, xsum, inp, t, o0, yt);
         }

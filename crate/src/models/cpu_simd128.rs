@@ -1,6 +1,6 @@
 //! WebAssembly SIMD128 versions of the CPU matvec hot loops (`cpu_matvec.rs`), for the browser's
-//! CPU fallback: y (T, out) = x (T, in) · Wᵀ for f32 weights and Q8_0 / Q4_0 / Q4_1 blocks (GGUF
-//! bytes or the split layout). Natively the same loops run compiled for AVX2; in wasm there is no
+//! CPU fallback: y (T, out) = x (T, in) · Wᵀ for f32 and F16 weights and Q8_0 / Q4_0 / Q4_1 blocks
+//! (GGUF bytes or the split layout). Natively the same loops run compiled for AVX2; in wasm there is no
 //! run-time detection, so this module exists only in builds with `-C target-feature=+simd128`
 //! (`.cargo/config.toml`), and `cpu_matvec::rows` calls it there.
 //!
@@ -263,6 +263,61 @@ pub(crate) fn rows_split(s: &SplitBlocks, x: &[f32], xsum: &[f32], inp: usize, t
             BlockFormat::Q8_0 => rows_blocks(x, xsum, inp, t, yt, o0, false, |b| (quants_q8_0(qs.add(b * words * 4)), scales[b], 0.0)),
             BlockFormat::Q4_0 => rows_blocks(x, xsum, inp, t, yt, o0, false, |b| (quants_q4(qs.add(b * words * 4), true), scales[b], 0.0)),
             BlockFormat::Q4_1 => rows_blocks(x, xsum, inp, t, yt, o0, true, |b| (quants_q4(qs.add(b * words * 4), false), scales[b], mins.get(b).copied().unwrap_or(0.0))),
+        }
+    }
+}
+
+/// 4 IEEE binary16 values (the low 16 bits of each u32 lane) widened exactly to f32x4, as
+/// `llama::f16_bits_to_f32`: |h| << 13 read as f32 and multiplied by 2¹¹² gives every finite value
+/// exactly (normal: the exponent re-biased from 15 to 127; subnormal: an f32 subnormal scaled into
+/// range; wasm keeps subnormals); Inf / NaN (exponent 31) keep their payload with an all-ones
+/// exponent; the sign is OR-ed back.
+#[inline(always)]
+fn widen_f16x4(h: v128) -> v128 {
+    let em = v128_and(h, u32x4_splat(0x7FFF));
+    let sign = i32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16);
+    let shifted = i32x4_shl(em, 13);
+    let finite = f32x4_mul(shifted, f32x4_splat(f32::from_bits((127 + 112) << 23))); // × 2¹¹²
+    let special = v128_or(shifted, u32x4_splat(0x7F80_0000));
+    v128_or(v128_bitselect(special, finite, u32x4_ge(em, u32x4_splat(0x7C00))), sign)
+}
+
+/// Σ f16(w[j])·x[j] over the first min(w.len(), x.len()) elements: 8 halves per load widened
+/// exactly ([`widen_f16x4`]), two f32x4 accumulators, scalar tail.
+#[inline]
+pub fn dot_f16(w: &[u16], x: &[f32]) -> f32 {
+    let n = w.len().min(x.len());
+    let (pw, px) = (w.as_ptr(), x.as_ptr());
+    let z = f32x4_splat(0.0);
+    let (mut a0, mut a1) = (z, z);
+    let mut j = 0;
+    // SAFETY: each step reads 8 u16 and 8 f32 at j.. with j + 8 ≤ n ≤ both lengths.
+    unsafe {
+        while j + 8 <= n {
+            let h = v128_load(pw.add(j) as *const v128);
+            let lo = widen_f16x4(u32x4_extend_low_u16x8(h));
+            let hi = widen_f16x4(u32x4_extend_high_u16x8(h));
+            a0 = f32x4_add(a0, f32x4_mul(lo, v128_load(px.add(j) as *const v128)));
+            a1 = f32x4_add(a1, f32x4_mul(hi, v128_load(px.add(j + 4) as *const v128)));
+            j += 8;
+        }
+    }
+    let mut s = hsum(f32x4_add(a0, a1));
+    while j < n {
+        s += f16_bits_to_f32(w[j]) * x[j];
+        j += 1;
+    }
+    s
+}
+
+/// Rows o0.. of yt (out, T) for F16 weights (out, in) as IEEE binary16 bits, with the bias.
+pub(crate) fn rows_f16(w: &[u16], bias: Option<&[f32]>, x: &[f32], inp: usize, t: usize, o0: usize, yt: &mut [f32]) {
+    for (i, y) in yt.chunks_exact_mut(t).enumerate() {
+        let o = o0 + i;
+        let wr = &w[o * inp..(o + 1) * inp];
+        let b = bias.map_or(0.0, |b| b[o]);
+        for (ti, yv) in y.iter_mut().enumerate() {
+            *yv = dot_f16(wr, &x[ti * inp..(ti + 1) * inp]) + b;
         }
     }
 }
