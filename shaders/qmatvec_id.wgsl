@@ -6,7 +6,8 @@
 //     y[p, r]  = Σ_{j<K} W[e·N + r, j] · x[p / x_div, j]    r < N
 //
 //   W: (E·N, K): the E experts of one projection stacked by rows (expert e at rows e·N ..
-//   (e+1)·N), F32 or 32-weight blocks in the aligned split layout of qmatvec.wgsl
+//   (e+1)·N), F32, F16 (binary16 pairs packed in u32, widened with unpack2x16float: no
+//   shader-f16 needed) or 32-weight blocks in the aligned split layout of qmatvec.wgsl
 //   x: (rows, K) f32: x_div = top_k → one input row per token (gate/up of hs), x_div = 1 → one
 //   per pair (down of the SwiGLU rows); y: (pairs, N) f32
 //
@@ -22,7 +23,8 @@
 //   0  params uniform             Meta (32 bytes)
 //   1  scales storage, read       array<f32>        (E·N·K/32)      quantized formats
 //   2  mins   storage, read       array<f32>        (E·N·K/32)      Q4_1 (any f32 buffer otherwise)
-//   3  qs     storage, read       array<u32>        (E·N·K/32·W)    quants; F32: the weights' bits (E·N·K)
+//   3  qs     storage, read       array<u32>        (E·N·K/32·W)    quants; F32: the weights' bits (E·N·K);
+//                                                                      F16: two halves per word, low first (E·N·K/2)
 //   4  ids    storage, read       array<f32>        (≥ ids_offset + pairs)  expert ids as f32
 //                                                    (router.wgsl's output: [w | idx])
 //   5  x      storage, read       array<vec4<f32>>  (rows · K/4)
@@ -40,7 +42,7 @@ const ROWS: u32 = 8u;
 struct Meta {
     n: u32,          // output rows per expert N
     k: u32,          // row length K (a multiple of 32)
-    format: u32,     // 0 Q8_0, 1 Q4_0, 2 Q4_1, 3 F32
+    format: u32,     // 0 Q8_0, 1 Q4_0, 2 Q4_1, 3 F32, 4 F16
     pairs: u32,      // (token, slot) pairs = T·top_k
     x_div: u32,      // x row of pair p: p / x_div
     ids_offset: u32, // ids[ids_offset + p] is pair p's expert
@@ -120,6 +122,14 @@ fn main(
                     let xi = x0 + 8u * b + (i & 3u);
                     acc = acc + dot(d * u4x4(word, 0u) + m, x[xi]);
                     acc = acc + dot(d * u4x4(word, 4u) + m, x[xi + 4u]);
+                }
+            } else if (params.format == 4u) {
+                // F16: row wrow at word wrow·K/2; two words (four halves) per vec4 of x.
+                let w0 = wrow * (params.k / 2u);
+                for (var i = t; i < params.k / 4u; i = i + TPR) {
+                    let a = w0 + 2u * i;
+                    let w = vec4<f32>(unpack2x16float(qs[a]), unpack2x16float(qs[a + 1u]));
+                    acc = acc + dot(w, x[x0 + i]);
                 }
             } else {
                 // F32: qs holds the weights' bits, row wrow at wrow·K; one vec4 per step.

@@ -141,7 +141,7 @@ fn quantized_mixtral_on_gpu_matches_cpu() {
 }
 
 /// The readback-free MoE path (experts by id, ops::qmatvec_id + moe_combine) is the one taken for
-/// F32 and Q8_0 / Q4_0 / Q4_1 experts: no router readback in a prefill and 3 decode steps,
+/// F32, F16 (the mixtral_f16 fixture) and Q8_0 / Q4_0 / Q4_1 experts: no router readback in a prefill and 3 decode steps,
 /// logits within 1e-4 of the CPU path on the same (quantized) weights, and the routes reported
 /// (read back once per step with the logits) equal to the CPU's: the same experts in order,
 /// weights within 1e-5.
@@ -152,14 +152,19 @@ fn moe_layers_run_by_id_without_router_readbacks() {
     let m: Value = serde_json::from_str(&text).unwrap();
     let all = tokens(&m["tokens"]);
     let (prompt, rest) = all.split_at(all.len() - 3);
-    for name in ["mixtral", "qwen2_moe"] {
+    for name in ["mixtral", "qwen2_moe", "mixtral_f16"] {
         let f = load(name);
-        for format in [None, Some(BlockFormat::Q8_0), Some(BlockFormat::Q4_0), Some(BlockFormat::Q4_1)] {
+        let formats: &[Option<BlockFormat>] = if name == "mixtral_f16" { &[None] } else { &[None, Some(BlockFormat::Q8_0), Some(BlockFormat::Q4_0), Some(BlockFormat::Q4_1)] };
+        for &format in formats {
             let model = match format {
                 None => LlamaModel::new(f.config.clone(), f.weights.clone(), f.rope_layout),
                 Some(q) => LlamaModel::new(f.config.clone(), f.weights.clone().quantize(q, name).unwrap(), f.rope_layout),
             };
-            let label = format!("{name} {}", format.map_or("F32".to_string(), |q| q.to_string()));
+            if name == "mixtral_f16" {
+                let e0 = &model.weights.layers[0].moe.as_ref().expect("sparse layer 0").experts[0].gate_proj.weight;
+                assert!(matches!(e0, crucible::models::WeightStorage::F16(_)), "{name}: experts load as F16");
+            }
+            let label = format!("{name} {}", format.map_or("unquantized".to_string(), |q| q.to_string()));
             for max_batch in [32, 1] {
                 let mut gpu = GpuLlama::new(ctx(), &model, GpuLlamaOptions { max_context: 32, max_batch, ..Default::default() }).unwrap_or_else(|e| panic!("{label}: {e}"));
                 assert_eq!(gpu.moe_path(), Some(&MoeGpuPath::ById), "{label}: the by-id path");

@@ -27,7 +27,7 @@
 //! token) → y; Qwen2-MoE's shared expert on every row, scattered with its sigmoid gate; x += y.
 //! Nothing is read back per layer: each layer's [w | idx] is copied behind the logits and comes
 //! back with them (one readback per step) for [`GpuLlama::routes`]. When the stacked experts do
-//! not fit one storage binding (or are not one F32 / Q8_0 / Q4_0 / Q4_1 format, or
+//! not fit one storage binding (or are not one F32 / F16 / Q8_0 / Q4_0 / Q4_1 format, or
 //! `max_chunk_rows` is below E·N, or CRUCIBLE_MOE_READBACK=1) the layer falls back to
 //! [`MoeGpuPath::Readback`] with the reason: submit and read the top-k back (2·T·k floats) →
 //! `ops::moe::MoePlan` on the CPU (each expert's tokens) → per expert with tokens: gather
@@ -298,7 +298,7 @@ enum GpuExperts {
 }
 
 /// One projection of all E experts stacked by rows, (E·N, K), in one binding per array: F32
-/// (`qs` holds the floats) or split blocks.
+/// (`qs` holds the floats), F16 (`qs` holds binary16 pairs) or split blocks.
 #[derive(Debug)]
 struct StackedProj {
     /// `qmatvec_id::Meta.format`.
@@ -371,11 +371,29 @@ fn stack_proj(ctx: &GpuContext, label: &str, experts: &[Mlp], pick: fn(&Mlp) -> 
         let qs = persistent_storage(ctx, &format!("{label}.stacked"), bytemuck::cast_slice(&all))?;
         return Ok(Ok(StackedProj { format: qmatvec_id::FORMAT_F32, scales: None, mins: None, qs, scale_len: 0, qs_len: all.len(), n, k }));
     }
+    if let WeightStorage::F16(_) = &first.weight {
+        let mut all: Vec<u16> = Vec::with_capacity(rows * k);
+        for (i, l) in lins.iter().enumerate() {
+            match &l.weight {
+                WeightStorage::F16(w) => all.extend_from_slice(w),
+                _ => return Ok(Err(format!("{label}: expert {i} is not F16 like expert 0"))),
+            }
+        }
+        if !k.is_multiple_of(4) {
+            return Ok(Err(format!("{label}: row length {k} is not a multiple of 4 (F16 by id reads 4 halves per step)")));
+        }
+        let words = qmatvec_id::pack_f16(&all);
+        if words.len() as u64 * 4 > limit {
+            return Ok(Err(too_big(words.len() as u64 * 4)));
+        }
+        let qs = persistent_storage(ctx, &format!("{label}.stacked"), bytemuck::cast_slice(&words))?;
+        return Ok(Ok(StackedProj { format: qmatvec_id::FORMAT_F16, scales: None, mins: None, qs, scale_len: 0, qs_len: words.len(), n, k }));
+    }
     let mut parts = Vec::with_capacity(lins.len());
     for (i, l) in lins.iter().enumerate() {
         match split_of(&l.weight) {
             Some(s) if s.format == parts.first().map_or(s.format, |p: &std::borrow::Cow<'_, SplitBlocks>| p.format) => parts.push(s),
-            _ => return Ok(Err(format!("{label}: expert {i} is not in expert 0's format (F32, Q8_0, Q4_0 or Q4_1 by id)"))),
+            _ => return Ok(Err(format!("{label}: expert {i}'s storage differs from expert 0's or is not one qmatvec_id reads (F32, F16, Q8_0, Q4_0, Q4_1)"))),
         }
     }
     let format = parts[0].format;

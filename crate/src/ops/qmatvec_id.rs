@@ -13,7 +13,7 @@
 //!
 //! ```text
 //! W (E·N, K)  the E experts of one projection stacked by rows (expert e: rows e·N .. (e+1)·N),
-//!             F32 or Q8_0 / Q4_0 / Q4_1 (split blocks)
+//!             F32, F16 (packed pairs, widened in the kernel) or Q8_0 / Q4_0 / Q4_1 (split blocks)
 //! ids         (T·k) expert of pair p = t·k + s, read as f32 at ids[ids_offset + p] (router.wgsl
 //!             writes [w (T, k) | idx (T, k)], so ids_offset = T·k there)
 //! x           (T·k / x_div, K): x_div = k → one row per token (gate/up), 1 → one per pair (down)
@@ -45,6 +45,8 @@ pub const ROWS_PER_GROUP: u32 = 8;
 pub const COMBINE_WORKGROUP_SIZE: u32 = 256;
 /// `Meta.format` of F32 weights (0..=2 are [`qmatvec::format_code`]'s).
 pub const FORMAT_F32: u32 = 3;
+/// `Meta.format` of F16 weights (binary16 pairs packed in u32 words, low half first).
+pub const FORMAT_F16: u32 = 4;
 
 /// Mirrors `struct Meta` in shaders/qmatvec_id.wgsl (32 bytes).
 #[repr(C)]
@@ -54,7 +56,7 @@ pub struct Meta {
     pub n: u32,
     /// Row length K.
     pub k: u32,
-    /// 0 Q8_0, 1 Q4_0, 2 Q4_1, [`FORMAT_F32`].
+    /// 0 Q8_0, 1 Q4_0, 2 Q4_1, [`FORMAT_F32`], [`FORMAT_F16`].
     pub format: u32,
     /// (token, slot) pairs T·k.
     pub pairs: u32,
@@ -84,6 +86,8 @@ pub struct CombineMeta {
 #[derive(Debug, Clone, Copy)]
 pub enum IdWeights<'a> {
     F32(&'a [f32]),
+    /// IEEE binary16 bits, row-major.
+    F16(&'a [u16]),
     Quant(&'a SplitBlocks),
 }
 
@@ -105,8 +109,15 @@ pub struct IdParams {
 pub fn format_of(w: IdWeights<'_>) -> u32 {
     match w {
         IdWeights::F32(_) => FORMAT_F32,
+        IdWeights::F16(_) => FORMAT_F16,
         IdWeights::Quant(s) => qmatvec::format_code(s.format),
     }
+}
+
+/// Packs binary16 values two per u32 word, the lower index in the low half (the layout
+/// `unpack2x16float` reads); an odd count is padded with a zero half.
+pub fn pack_f16(bits: &[u16]) -> Vec<u32> {
+    bits.chunks(2).map(|p| p[0] as u32 | (p.get(1).copied().unwrap_or(0) as u32) << 16).collect()
 }
 
 /// Checks the weights, x and ids against `p`; returns the number of pairs.
@@ -117,7 +128,7 @@ fn check(w: IdWeights<'_>, p: &IdParams, x: &[f32], ids: &[u32]) -> Result<usize
         return Err(OpError::shape(KERNEL, format!("K = {k} must be a positive multiple of the block size {QK}")));
     }
     if !quant && (k == 0 || !k.is_multiple_of(4)) {
-        return Err(OpError::shape(KERNEL, format!("K = {k} must be a positive multiple of 4 for F32 weights (vec4 loads)")));
+        return Err(OpError::shape(KERNEL, format!("K = {k} must be a positive multiple of 4 for F32 / F16 weights (vec4 loads)")));
     }
     if e == 0 || n == 0 || p.x_div == 0 {
         return Err(OpError::shape(KERNEL, format!("E = {e}, N = {n}, x_div = {}: each must be ≥ 1", p.x_div)));
@@ -125,6 +136,7 @@ fn check(w: IdWeights<'_>, p: &IdParams, x: &[f32], ids: &[u32]) -> Result<usize
     let rows = e.checked_mul(n).and_then(|r| r.checked_mul(k)).filter(|&v| v <= u32::MAX as usize).ok_or_else(|| OpError::shape(KERNEL, format!("E = {e} × N = {n} × K = {k} does not fit u32")))? / k;
     match w {
         IdWeights::F32(v) if v.len() != rows * k => return Err(OpError::shape(KERNEL, format!("F32 weights have {} elements, expected E·N·K = {e}·{n}·{k}", v.len()))),
+        IdWeights::F16(v) if v.len() != rows * k => return Err(OpError::shape(KERNEL, format!("F16 weights have {} elements, expected E·N·K = {e}·{n}·{k}", v.len()))),
         IdWeights::Quant(s) => {
             let blocks = rows * (k / QK);
             if s.blocks() != blocks || s.qs.len() != blocks * s.format.quant_words() {
@@ -152,6 +164,7 @@ pub fn reference(w: IdWeights<'_>, p: &IdParams, x: &[f32], ids: &[u32]) -> Resu
     let pairs = check(w, p, x, ids)?;
     let dense: std::borrow::Cow<'_, [f32]> = match w {
         IdWeights::F32(v) => std::borrow::Cow::Borrowed(v),
+        IdWeights::F16(v) => std::borrow::Cow::Owned(v.iter().map(|&h| half::f16::from_bits(h).to_f32()).collect()),
         IdWeights::Quant(s) => {
             let mut out = Vec::new();
             s.dequantize(&mut out).map_err(|e| OpError::shape(KERNEL, e.to_string()))?;
@@ -200,9 +213,9 @@ pub fn encode(
     x: wgpu::BufferBinding<'_>,
     y: wgpu::BufferBinding<'_>,
 ) -> Result<(), OpError> {
-    if meta.format == FORMAT_F32 {
+    if meta.format == FORMAT_F32 || meta.format == FORMAT_F16 {
         if meta.k == 0 || !meta.k.is_multiple_of(4) {
-            return Err(OpError::shape(KERNEL, format!("K = {} must be a positive multiple of 4 for F32 weights", meta.k)));
+            return Err(OpError::shape(KERNEL, format!("K = {} must be a positive multiple of 4 for F32 / F16 weights", meta.k)));
         }
     } else {
         qmatvec::check_meta(KERNEL, meta.k, meta.format)?;
@@ -228,6 +241,7 @@ pub fn encode_combine(ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, meta: &C
 pub fn widest_bytes(w: IdWeights<'_>) -> u64 {
     match w {
         IdWeights::F32(v) => v.len() as u64 * 4,
+        IdWeights::F16(v) => v.len().div_ceil(2) as u64 * 4,
         IdWeights::Quant(s) => s.qs.len() as u64 * 4,
     }
 }
@@ -248,6 +262,10 @@ pub async fn qmatvec_id(ctx: &GpuContext, w: IdWeights<'_>, p: &IdParams, x: &[f
         IdWeights::F32(v) => {
             let b = ctx.upload_f32("qmatvec_id.w", v).op(KERNEL)?;
             (None, None, b)
+        }
+        IdWeights::F16(v) => {
+            let words: Vec<f32> = pack_f16(v).into_iter().map(f32::from_bits).collect();
+            (None, None, ctx.upload_f32("qmatvec_id.w", &words).op(KERNEL)?)
         }
         IdWeights::Quant(s) => {
             let sc = ctx.upload_f32("qmatvec_id.scales", &s.scales).op(KERNEL)?;
@@ -275,7 +293,7 @@ pub async fn qmatvec_id(ctx: &GpuContext, w: IdWeights<'_>, p: &IdParams, x: &[f
         _pad: 0,
     };
     let sbytes = match w {
-        IdWeights::F32(_) => 4,
+        IdWeights::F32(_) | IdWeights::F16(_) => 4,
         IdWeights::Quant(s) => s.scales.len() as u64 * 4,
     };
     let qbytes = widest_bytes(w);

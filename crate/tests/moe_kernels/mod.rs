@@ -91,8 +91,8 @@ pub async fn scatter_cases(ctx: &GpuContext) {
     }
 }
 
-/// qmatvec_id (experts by id, ops::qmatvec_id) against its CPU reference for F32, Q8_0, Q4_0 and
-/// Q4_1: ids that cover every expert and repeat experts (within a token's slots and across
+/// qmatvec_id (experts by id, ops::qmatvec_id) against its CPU reference for F32, F16, Q8_0,
+/// Q4_0 and Q4_1: ids that cover every expert and repeat experts (within a token's slots and across
 /// tokens), inputs shared by a token's slots (x_div = k, gate/up) and one per pair (x_div = 1,
 /// down), N not a multiple of 8, ids after an offset (as in the router's [w | idx] output).
 /// Tolerance, as qmatvec's: both sides sum K products in f32 in different orders, so
@@ -115,7 +115,9 @@ pub async fn qmatvec_id_cases(ctx: &GpuContext) {
         let x = data((e * 31 + k) as u64, pairs / x_div * k, 2.0);
         let p = IdParams { n_experts: e, n, k, x_div };
         let dense = data((n * 7 + e) as u64, e * n * k, 1.0);
-        let mut cases: Vec<(String, Option<crucible::tensor::quant::SplitBlocks>, Vec<f32>)> = vec![("F32".into(), None, dense.clone())];
+        let halves: Vec<u16> = dense.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+        let widened: Vec<f32> = halves.iter().map(|&h| half::f16::from_bits(h).to_f32()).collect();
+        let mut cases: Vec<(String, Option<crucible::tensor::quant::SplitBlocks>, Vec<f32>)> = vec![("F32".into(), None, dense.clone()), ("F16".into(), None, widened)];
         for f in BlockFormat::ALL {
             let (s, deq) = quantized_weight(f, e * n, k, (e * 131 + n) as u64);
             cases.push((f.to_string(), Some(s), deq));
@@ -123,6 +125,7 @@ pub async fn qmatvec_id_cases(ctx: &GpuContext) {
         for (name, split, deq) in &cases {
             let w = match split {
                 Some(s) => IdWeights::Quant(s),
+                None if name == "F16" => IdWeights::F16(&halves),
                 None => IdWeights::F32(&dense),
             };
             let label = format!("qmatvec_id {name} E={e} N={n} K={k} T={t} k={top_k} x_div={x_div}");
