@@ -122,6 +122,8 @@ describe('Generate tab', () => {
     assert.match(await page.textContent('.gen-slot .gen-info'), /MoE: \d+ experts, top-\d/);
     assert.equal(await page.getAttribute('.gen-slot', 'data-backend'), 'gpu', await page.textContent('.gen-slot .gen-backend-note'));
     assert.match(await page.textContent('.gen-slot .gen-backend-note'), /Runs on WebGPU/);
+    // The MoE layers run by id (ops::qmatvec_id): no router readback per layer.
+    assert.match(await page.textContent('.gen-slot .gen-backend-note'), /MoE experts chosen on the GPU \(no readback per layer\)/);
 
     await greedy(page, ref.greedy.ids.length);
     const [r] = await generate(page, ref.greedy.prompt);

@@ -88,12 +88,12 @@ function showBackend(slot: Slot, b: Backend) {
   slot.el.root.dataset.backend = b.backend;
   if (b.backend === 'gpu') {
     pill.textContent = 'GPU';
-    pill.title = `WebGPU: ${b.adapter ?? 'adapter'}`;
+    pill.title = `WebGPU: ${b.adapter ?? 'adapter'}${b.moe_gpu ? `; ${b.moe_gpu}` : ''}`;
   } else {
     pill.textContent = 'CPU';
     pill.title = `CPU (WebAssembly): ${b.cpu_reason ?? 'chosen in the page'}`;
   }
-  slot.el.backendNote.textContent = b.backend === 'gpu' ? `Runs on WebGPU (${b.adapter ?? 'adapter'}).` : `Runs on the CPU (WebAssembly)${b.cpu_reason ? `: ${b.cpu_reason}` : '.'}`;
+  slot.el.backendNote.textContent = b.backend === 'gpu' ? `Runs on WebGPU (${b.adapter ?? 'adapter'}).${b.moe_gpu ? ` ${b.moe_gpu}.` : ''}` : `Runs on the CPU (WebAssembly)${b.cpu_reason ? `: ${b.cpu_reason}` : '.'}`;
 }
 
 // ---------------------------------------------------------------------------------------------

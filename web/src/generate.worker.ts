@@ -35,6 +35,8 @@ export type ModelInfo = {
   backend: 'cpu' | 'gpu';
   adapter: string | null;
   cpu_reason: string | null;
+  /** On the GPU, how MoE layers run: experts by id (no readback per layer) or the readback's reason. */
+  moe_gpu?: string | null;
   params: number;
   weight_bytes: number;
   quantization: string;
@@ -56,7 +58,7 @@ export type TokenExperts = [number, number][][];
 export type Perplexity = { tokens: number; scored: number; windows: number; context: number; stride: number; nll: number; perplexity: number };
 
 /** Where the model runs now, and why the CPU when it is the CPU. */
-export type Backend = { backend: 'cpu' | 'gpu'; adapter: string | null; cpu_reason: string | null };
+export type Backend = { backend: 'cpu' | 'gpu'; adapter: string | null; cpu_reason: string | null; moe_gpu?: string | null };
 
 export type ToWorker =
   // backend 'auto': WebGPU when possible, else the CPU (with the reason); 'cpu': the CPU only
@@ -117,7 +119,7 @@ async function generate(prompt: string, sampling: SamplingOptions, maxTokens: nu
     const t0 = performance.now();
     const s = JSON.parse(await gen.start(prompt, JSON.stringify(sampling), maxTokens));
     const prefillMs = performance.now() - t0;
-    const backend = (r: Backend): Backend => ({ backend: r.backend, adapter: r.adapter, cpu_reason: r.cpu_reason });
+    const backend = (r: Backend): Backend => ({ backend: r.backend, adapter: r.adapter, cpu_reason: r.cpu_reason, moe_gpu: r.moe_gpu ?? null });
     ctx.postMessage({ type: 'started', promptTokens: s.prompt_tokens, ids: s.ids, pieces: s.pieces, prefillMs, experts: s.experts, backend: backend(s) });
     let generated = 0;
     let decodeMs = 0;
