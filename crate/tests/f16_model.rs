@@ -124,8 +124,9 @@ fn f16_checkpoints_load_as_f16_and_match_transformers_on_cpu() {
     }
 }
 
-/// The GPU path on F16 weights, both kernel variants, batched prefill (hmatmul) and token by
-/// token with the 128-row embedding / head split into 64-row chunks (hmatvec).
+/// The GPU path on F16 weights, both kernel variants: a 7-token batch (under
+/// HMATMUL_MIN_TOKENS: one hmatvec per token at aligned offsets in one encoder) and token by
+/// token with the 128-row embedding / head split into 64-row chunks. (hmatmul: the next tests.)
 #[test]
 fn f16_checkpoints_match_transformers_on_gpu_both_variants() {
     let m = manifest();
@@ -179,4 +180,31 @@ fn gguf_f16_matches_transformers() {
         checked += 1;
     }
     assert!(checked >= 1);
+}
+
+/// A 20-token prompt in one batch (≥ 16 tokens: the F16 products run `hmatmul`, llama_gpu's
+/// HMATMUL_MIN_TOKENS) then a decode step: GPU vs our CPU path (itself within 1e-4 of
+/// transformers above) within 1e-4, both variants, whole weights and 64-row chunks.
+#[test]
+fn f16_long_prompt_batched_matches_cpu_on_gpu() {
+    let prompt: Vec<u32> = (0..20u32).map(|i| (i * 37 + 5) % 128).collect();
+    for name in ["llama_tied_f16", "qwen2_f16"] {
+        let llama = load_hf(name);
+        let mut cache = KvCache::new(&llama.config);
+        let want = llama.forward(&prompt, &mut cache).unwrap();
+        let want_next = llama.forward(&[9], &mut cache).unwrap();
+        for make in [ctx as fn() -> GpuContext, ctx_without_f16] {
+            for chunk in [None, Some(64)] {
+                let c = make();
+                let v = HalfVariant::of(&c);
+                let mut gpu = GpuLlama::new(c, &llama, GpuLlamaOptions { max_context: 32, max_batch: 32, decode_splits: None, max_chunk_rows: chunk }).unwrap();
+                assert!(gpu.batched_prefill(), "{name}: F16 weights batch");
+                let got = pollster::block_on(gpu.forward(&prompt)).unwrap();
+                let next = pollster::block_on(gpu.forward(&[9])).unwrap();
+                let (d, dn) = (max_abs_diff(&got, &want), max_abs_diff(&next, &want_next));
+                assert!(d <= 1e-4 && dn <= 1e-4, "{name} {v:?} chunk {chunk:?}: max |GPU − CPU| prefill {d:e}, decode {dn:e}");
+                println!("{name} {v:?} chunk {chunk:?}: 20-token batch max |GPU − CPU| {d:.2e}, next step {dn:.2e}");
+            }
+        }
+    }
 }

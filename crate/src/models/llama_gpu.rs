@@ -37,7 +37,9 @@
 //! the same code runs natively under `pollster` and in the browser where mapping is async).
 //!
 //! Weights are uploaded once (quantized ones stay in the aligned split layout and are
-//! dequantized in the kernels; every weight is split by rows to fit the storage binding limit);
+//! dequantized in the kernels; F16 ones stay binary16 and run through ops::hmatvec / ops::hmatmul,
+//! which widen in the kernel: `enable f16;` where the device has shader-f16, packed u32 +
+//! `unpack2x16float` otherwise; every weight is split by rows to fit the storage binding limit);
 //! the activations are pooled buffers taken once per model and reused for every token.
 //!
 //! Prefill: batched (T tokens per encoder, attention over T query rows at once) when every f32
@@ -167,6 +169,12 @@ fn batchable(table: &GpuEmbedTable, align_floats: usize) -> bool {
     }
 }
 
+/// Below this many tokens a batched F16 product runs one `hmatvec` per token (when its bindings
+/// sit on aligned offsets) instead of `hmatmul`: measured on lavapipe (2 shared cores, release,
+/// SmolLM2-135M F16, 5-token prompt) hmatmul's 64-token tiles made the prefill take 110 s where
+/// a decode step takes ~6 s; a tile pays for itself only when it holds many tokens.
+const HMATMUL_MIN_TOKENS: usize = 16;
+
 /// Records y (t, n) = x (t, k) · Wᵀ for W = `table` (n rows of k). Caller guarantees t == 1 or
 /// [`batchable`]. Quantized: t = 1 one `qmatvec` per chunk, t > 1 one `qmatmul` per chunk (each
 /// weight tile dequantized once per 32 tokens; y columns at row0 via Meta.y0); f32: one `matmul`
@@ -174,14 +182,19 @@ fn batchable(table: &GpuEmbedTable, align_floats: usize) -> bool {
 fn encode_table(ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, table: &GpuEmbedTable, t: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<(), OpError> {
     let (k, n) = (table.h, table.vocab);
     match table.format {
-        // F16: one hmatvec per chunk (t = 1, y columns at row0: 64-row multiples, aligned) or one
-        // hmatmul per chunk into the whole y (columns via Meta.c0), variant from ctx.features.
+        // F16: one hmatvec per chunk and token (t = 1, or t < HMATMUL_MIN_TOKENS with aligned
+        // per-token offsets; y columns at row0: 64-row multiples) or one hmatmul per chunk into
+        // the whole y (columns via Meta.c0); variant from ctx.features.
         None if table.f16 => {
             let v = hmatvec::HalfVariant::of(ctx);
+            let align = (ctx.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
+            let per_token = t == 1 || (t < HMATMUL_MIN_TOKENS && k.is_multiple_of(align) && n.is_multiple_of(align));
             for c in &table.chunks {
-                if t == 1 {
+                if per_token {
                     let meta = hmatvec::Meta { rows: c.rows as u32, k: k as u32, _pad: [0; 2] };
-                    hmatvec::encode(ctx, enc, v, &meta, c.table.as_entire_buffer_binding(), range(x, 0, k), range(y, c.row0, c.rows))?;
+                    for ti in 0..t {
+                        hmatvec::encode(ctx, enc, v, &meta, c.table.as_entire_buffer_binding(), range(x, ti * k, k), range(y, ti * n + c.row0, c.rows))?;
+                    }
                 } else {
                     let meta = hmatmul::Meta { m: t as u32, rows: c.rows as u32, k: k as u32, ldc: n as u32, c0: c.row0 as u32, _pad: [0; 3] };
                     hmatmul::encode(ctx, enc, v, &meta, c.table.as_entire_buffer_binding(), range(x, 0, t * k), range(y, 0, t * n))?;
