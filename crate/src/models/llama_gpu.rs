@@ -308,6 +308,7 @@ struct GpuMoe {
 /// The routed experts of one sparse layer: stacked per projection for `ops::qmatvec_id` (no CPU
 /// readback), or one `GpuMlp` each for the per-expert plan read back from the router.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per sparse layer: the size does not matter
 enum GpuExperts {
     Stacked { gate: StackedProj, up: StackedProj, down: StackedProj },
     PerExpert(Vec<GpuMlp>),
