@@ -9,7 +9,10 @@
 //! - the CPU path's expert trace (`LlamaModel::forward_traced`): the same experts per token and
 //!   layer, in order, and combine weights within 1e-5;
 //! - a Q8_0-quantized Mixtral (experts through ops::qmatvec) against the CPU path on the same
-//!   quantized weights.
+//!   quantized weights;
+//! - the readback-free path (experts by id: ops::qmatvec_id + moe_combine) taken for F32, F16,
+//!   Q8_0, Q4_0 and Q4_1 experts with no router readback, and the fallback (router readback per
+//!   layer) taken with its reason when the stacked experts exceed a chunk.
 //!
 //! Run: `XDG_RUNTIME_DIR=/tmp cargo test -p crucible --test moe_gpu -- --nocapture`
 

@@ -1,5 +1,6 @@
 #![cfg(not(target_arch = "wasm32"))]
-//! The mixture-of-experts kernels (router softmax/top-k, gather, weighted scatter-add) against
+//! The mixture-of-experts kernels (router softmax/top-k, gather, weighted scatter-add, experts by
+//! id `qmatvec_id`, `moe_combine`) against
 //! their CPU references natively through wgpu (Vulkan: Mesa lavapipe on machines without a GPU).
 //! No adapter FAILS these tests.
 //!

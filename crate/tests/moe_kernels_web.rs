@@ -1,5 +1,6 @@
 #![cfg(target_arch = "wasm32")]
-//! The mixture-of-experts kernels (router softmax/top-k, gather, weighted scatter-add) against
+//! The mixture-of-experts kernels (router softmax/top-k, gather, weighted scatter-add, experts by
+//! id `qmatvec_id`, `moe_combine`) against
 //! their CPU references in Chromium (wgpu's WebGPU backend, SwiftShader on machines without a
 //! GPU), in a dedicated worker as the page runs them. No adapter FAILS these tests.
 //!

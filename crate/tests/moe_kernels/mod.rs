@@ -1,5 +1,5 @@
 //! Checks of the mixture-of-experts kernels (router softmax/top-k, per-expert gather, weighted
-//! and sigmoid-gated scatter-add) against their CPU references, shared by
+//! and sigmoid-gated scatter-add, expert-indexed products `qmatvec_id`, `moe_combine`) against their CPU references, shared by
 //! crate/tests/moe_kernels_native.rs (lavapipe) and crate/tests/moe_kernels_web.rs (Chromium +
 //! SwiftShader). Data: seeded pseudo-random (`gpu_common::data`).
 
