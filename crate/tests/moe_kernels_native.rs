@@ -37,3 +37,8 @@ fn qmatvec_id_matches_reference_for_every_format() {
 fn moe_combine_matches_reference() {
     pollster::block_on(moe_combine_cases(&ctx()));
 }
+
+#[test]
+fn qmatvec_id_on_a_2d_grid() {
+    pollster::block_on(qmatvec_id_2d_grid_case(&ctx()));
+}

@@ -40,3 +40,8 @@ async fn qmatvec_id_matches_reference_for_every_format() {
 async fn moe_combine_matches_reference() {
     moe_combine_cases(&ctx().await).await;
 }
+
+#[wasm_bindgen_test]
+async fn qmatvec_id_on_a_2d_grid() {
+    qmatvec_id_2d_grid_case(&ctx().await).await;
+}

@@ -165,3 +165,27 @@ pub async fn moe_combine_cases(ctx: &GpuContext) {
         }
     }
 }
+
+/// qmatvec_id past 65535 workgroups (pairs · ⌈N/8⌉ = 4 · 16400), as real expert shapes need
+/// (64 pairs × 14336 rows): the 2-D grid's overshoot is skipped and every row written. Q8_0,
+/// tolerance as in `qmatvec_id_cases`.
+pub async fn qmatvec_id_2d_grid_case(ctx: &GpuContext) {
+    use crate::gpu_common::{EPS, quantized_weight};
+    use crucible::ops::qmatvec_id::{self, IdParams, IdWeights};
+    use crucible::tensor::quant::BlockFormat;
+    let (e, n, k) = (2usize, 8 * 16400usize, 32usize);
+    let ids = [1u32, 0, 0, 1];
+    let (w, deq) = quantized_weight(BlockFormat::Q8_0, e * n, k, 4242);
+    let x = data(99, 2 * k, 2.0);
+    let p = IdParams { n_experts: e, n, k, x_div: 2 };
+    let gpu = qmatvec_id::qmatvec_id(ctx, IdWeights::Quant(&w), &p, &x, &ids, 3).await.unwrap_or_else(|err| panic!("qmatvec_id 2-D grid: {err}"));
+    let cpu = qmatvec_id::reference(IdWeights::Quant(&w), &p, &x, &ids).unwrap();
+    assert_eq!(gpu.len(), ids.len() * n, "qmatvec_id 2-D grid: output length");
+    for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+        let (pr, r) = (i / n, i % n);
+        let row = &deq[(ids[pr] as usize * n + r) * k..][..k];
+        let s: f64 = row.iter().zip(&x[pr / 2 * k..]).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+        let tol = (2.0 * k as f64 + 4.0) * EPS * s + 1e-30;
+        assert!(((g - c) as f64).abs() <= tol, "qmatvec_id 2-D grid pair {pr} row {r}: gpu {g} cpu {c}");
+    }
+}
