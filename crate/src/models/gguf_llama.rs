@@ -66,7 +66,7 @@
 //! layer sparse, a layer without `blk.N.ffn_gate_inp` but with the dense `blk.N.ffn_{gate,up,down}`
 //! of (I, H) is read as a dense layer (HF `mlp_only_layers` / `decoder_sparse_step`).
 
-use crate::formats::gguf::{Gguf, GgufTensor, read_tensor_f32, read_tensor_raw};
+use crate::formats::gguf::{GgmlType, Gguf, GgufTensor, read_tensor_f32, read_tensor_raw};
 use crate::formats::io::ByteSource;
 use crate::models::config::{Family, LlamaConfig, MoeConfig, MoeStyle};
 use crate::models::llama::{Linear, LlamaLayer, LlamaModel, LlamaWeights, ModelError, empty_mlp};
@@ -240,6 +240,11 @@ fn rope_scaling(g: &Gguf, arch: &str, ctx: usize) -> Result<RopeScaling, ModelEr
     })
 }
 
+/// Little-endian IEEE binary16 bytes → their u16 bits.
+fn f16_bits(raw: &[u8]) -> Vec<u16> {
+    raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()
+}
+
 /// `general.architecture` of the Qwen2-MoE GGUF files llama.cpp writes.
 const QWEN2MOE: &str = "qwen2moe";
 
@@ -318,8 +323,9 @@ impl GgufLoader<'_> {
         Ok(out)
     }
 
-    /// `{prefix}.weight` (out, in): block-quantized types keep their blocks, F32/F16/BF16 are
-    /// widened to f32, others are an error naming the tensor and type.
+    /// `{prefix}.weight` (out, in): block-quantized types keep their blocks, F16 stays F16
+    /// ([`WeightStorage::F16`](crate::models::WeightStorage::F16)), F32/BF16 are widened to f32
+    /// (BF16 → F16 could overflow), others are an error naming the tensor and type.
     fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear, ModelError> {
         let name = format!("{prefix}.weight");
         let info = self.info(&name, &[out, inp])?;
@@ -328,6 +334,12 @@ impl GgufLoader<'_> {
             Some(format) => {
                 read_tensor_raw(self.src, &info, &mut self.raw)?;
                 Linear::quantized(out, inp, format, std::mem::take(&mut self.raw), b).map_err(|m| tensor_err(self.g, &name, m))
+            }
+            None if info.ggml_type == GgmlType::F16 => {
+                // (take the buffer: the largest tensor's bytes are not kept for the whole load)
+                read_tensor_raw(self.src, &info, &mut self.raw)?;
+                let bits = f16_bits(&std::mem::take(&mut self.raw));
+                Linear::f16(out, inp, bits, b).map_err(|m| tensor_err(self.g, &name, m))
             }
             None => {
                 let mut w = Vec::new();
@@ -351,6 +363,11 @@ impl GgufLoader<'_> {
                     .chunks_exact(per.max(1))
                     .map(|c| Linear::quantized(out, inp, format, c.to_vec(), None).map_err(|m| tensor_err(self.g, name, m)))
                     .collect()
+            }
+            None if info.ggml_type == GgmlType::F16 => {
+                read_tensor_raw(self.src, &info, &mut self.raw)?;
+                let bits = f16_bits(&std::mem::take(&mut self.raw));
+                bits.chunks_exact((out * inp).max(1)).map(|c| Linear::f16(out, inp, c.to_vec(), None).map_err(|m| tensor_err(self.g, name, m))).collect()
             }
             None => {
                 let mut w = Vec::new();
