@@ -1,9 +1,12 @@
 // qmatvec_id.wgsl: expert-indexed matrix–vector products for mixture-of-experts layers, the
 // expert of each product read on the GPU (no CPU plan, no readback).
 //
-//   for each pair p < pairs (p = t·top_k + s: token t, slot s):
-//     e        = u32(ids[ids_offset + p])                 the expert the router chose (f32-coded)
-//     y[p, r]  = Σ_{j<K} W[e·N + r, j] · x[p / x_div, j]    r < N
+//   for each pair p < pairs (p = t·top_k + s: token t, slot s) whose expert is in this binding:
+//     e        = u32(ids[ids_offset + p]) − e_first        the expert the router chose (f32-coded)
+//     y[p, r]  = Σ_{j<K} W[e·N + r, j] · x[p / x_div, j]    r < N, 0 ≤ e < n_experts
+//   Experts that do not fit one storage binding together are split into groups (one binding and
+//   one dispatch each, e_first = the group's first expert); a pair of another group's expert is
+//   left untouched here and written by its group's dispatch.
 //
 //   W: (E·N, K): the E experts of one projection stacked by rows (expert e at rows e·N ..
 //   (e+1)·N), F32, F16 (binary16 pairs packed in u32, widened with unpack2x16float: no
@@ -33,7 +36,7 @@
 // Workgroup layout: as qmatvec.wgsl, 64 threads = 8 output rows × 8 threads, each thread striding
 // over its row's quant words, a 3-step tree per row. Workgroup g (2-D grid, g = wid.y·gx + wid.x)
 // serves pair g / G and rows (g % G)·8 .. +8 of it, G = ⌈N / 8⌉. Threads past the pairs or rows
-// skip loads and stores but meet every barrier. An id ≥ E (never produced by the router) yields 0.
+// skip loads and stores but meet every barrier.
 
 const WG: u32 = 64u;
 const TPR: u32 = 8u;
@@ -46,8 +49,8 @@ struct Meta {
     pairs: u32,      // (token, slot) pairs = T·top_k
     x_div: u32,      // x row of pair p: p / x_div
     ids_offset: u32, // ids[ids_offset + p] is pair p's expert
-    n_experts: u32,  // E
-    _pad: u32,
+    n_experts: u32,  // experts in this binding
+    e_first: u32,    // the first of them
 }
 
 @group(0) @binding(0) var<uniform> params: Meta;
@@ -87,12 +90,14 @@ fn main(
     let pair = g / per_pair;
     let row = (g % per_pair) * ROWS + lid / TPR;
     let nb = params.k / 32u;
-    let live = pair < params.pairs && row < params.n;
+    var live = pair < params.pairs && row < params.n;
 
     var acc = 0.0;
     if (live) {
-        let e = u32(ids[params.ids_offset + pair]);
-        if (e < params.n_experts) {
+        let eg = u32(ids[params.ids_offset + pair]);
+        live = eg >= params.e_first && eg < params.e_first + params.n_experts;
+        if (live) {
+            let e = eg - params.e_first;
             let wrow = e * params.n + row;     // row of the stacked W
             let x0 = (pair / params.x_div) * (params.k / 4u);
             let b0 = wrow * nb;

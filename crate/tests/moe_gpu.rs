@@ -189,8 +189,8 @@ fn moe_layers_run_by_id_without_router_readbacks() {
     }
 }
 
-/// The fallback: experts that cannot be stacked in one binding (emulated by `max_chunk_rows`
-/// below E·N) run with the per-expert plan read back from the router, say why, and still match
+/// The fallback: an expert too big for one binding (emulated by `max_chunk_rows` below N): the
+/// layers run with the per-expert plan read back from the router, say why, and still match
 /// transformers (1e-4) with the CPU's experts; one readback per sparse layer and token chunk.
 #[test]
 fn moe_falls_back_to_router_readback_with_a_reason() {
@@ -203,7 +203,7 @@ fn moe_falls_back_to_router_readback_with_a_reason() {
     let sparse = model.config.moe.as_ref().unwrap().sparse_layers.iter().filter(|s| **s).count() as u64;
     let mut gpu = GpuLlama::new(ctx(), &model, GpuLlamaOptions { max_context: 32, max_batch: 32, decode_splits: None, max_chunk_rows: Some(16) }).unwrap();
     match gpu.moe_path() {
-        Some(MoeGpuPath::Readback { reason }) => assert!(reason.contains("exceed max_chunk_rows 16") && reason.contains("experts.gate_proj"), "{reason}"),
+        Some(MoeGpuPath::Readback { reason }) => assert!(reason.contains("one expert's 32 rows exceed max_chunk_rows 16") && reason.contains("experts.gate_proj"), "{reason}"),
         other => panic!("expected the readback path, got {other:?}"),
     }
     assert!(gpu.moe_path().unwrap().to_string().contains("read back once per layer"));
@@ -220,4 +220,32 @@ fn moe_falls_back_to_router_readback_with_a_reason() {
         chunks += if gpu.batched_prefill() { 1 } else { toks.len() as u64 };
     }
     assert_eq!(gpu.router_readbacks(), sparse * chunks, "one router readback per sparse layer and chunk");
+}
+
+/// Experts too big to share one binding (emulated by `max_chunk_rows` = 2 experts' rows) are
+/// split into groups, one binding and one qmatvec_id dispatch each, and still run by id: no
+/// router readback, logits within 1e-4 of transformers, the CPU's experts.
+#[test]
+fn moe_by_id_with_experts_split_over_bindings() {
+    use crucible::models::llama_gpu::MoeGpuPath;
+    let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
+    let m: Value = serde_json::from_str(&text).unwrap();
+    for (entry, groups) in m["models"].as_array().unwrap().iter().take(2).zip([2usize, 3]) {
+        let name = entry["name"].as_str().unwrap();
+        let model = load(name);
+        let mut gpu = GpuLlama::new(ctx(), &model, GpuLlamaOptions { max_context: 32, max_batch: 32, decode_splits: None, max_chunk_rows: Some(64) }).unwrap();
+        assert_eq!(gpu.moe_path(), Some(&MoeGpuPath::ById), "{name}");
+        assert_eq!(gpu.moe_expert_bindings(), groups, "{name}: experts of 32 rows in groups of 2");
+        let mut cache = KvCache::new(&model.config);
+        for step in ["prefill", "decode_0", "decode_1"] {
+            let s = &entry["logits"][step];
+            let toks = tokens(&s["tokens"]);
+            let logits = pollster::block_on(gpu.forward(&toks)).unwrap();
+            let err = max_abs_diff(&logits, &read_f32(&fixtures().join(name).join(s["file"].as_str().unwrap())));
+            assert!(err <= 1e-4, "{name} grouped {step}: {err:e}");
+            let (_, trace) = model.forward_traced(&toks, &mut cache).unwrap();
+            check_trace(&format!("{name} grouped {step}"), gpu.routes(), &trace, 1e-5);
+        }
+        assert_eq!(gpu.router_readbacks(), 0, "{name}: grouped experts by id");
+    }
 }

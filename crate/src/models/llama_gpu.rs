@@ -22,13 +22,13 @@
 //! MLP line by: router logits = hs·W_rᵀ (T, E) → ops::router (softmax + top-k, per-style
 //! combine weights, out = [w (T, k) | idx (T, k)]) and then, by default ([`MoeGpuPath::ById`],
 //! llama.cpp's `mul_mat_id` idea): gate, up = ops::qmatvec_id over the T·k (token, slot) pairs
-//! with the experts' projections stacked in one binding each and the ids read from the router's
-//! output on the GPU (T·k, I) → ops::swiglu → down by id (T·k, H) → moe_combine (Σ_s w·out per
+//! with the experts' projections stacked (one binding per projection, or one per group of experts
+//! when they do not fit one together) and the ids read from the router's output on the GPU (T·k, I) → ops::swiglu → down by id (T·k, H) → moe_combine (Σ_s w·out per
 //! token) → y; Qwen2-MoE's shared expert on every row, scattered with its sigmoid gate; x += y.
 //! Nothing is read back per layer: each layer's [w | idx] is copied behind the logits and comes
-//! back with them (one readback per step) for [`GpuLlama::routes`]. When the stacked experts do
-//! not fit one storage binding (or are not one F32 / F16 / Q8_0 / Q4_0 / Q4_1 format, or
-//! `max_chunk_rows` is below E·N, or CRUCIBLE_MOE_READBACK=1) the layer falls back to
+//! back with them (one readback per step) for [`GpuLlama::routes`]. When one expert alone does
+//! not fit a storage binding (or the experts are not one F32 / F16 / Q8_0 / Q4_0 / Q4_1 format,
+//! or `max_chunk_rows` is below N, or CRUCIBLE_MOE_READBACK=1) the layer falls back to
 //! [`MoeGpuPath::Readback`] with the reason: submit and read the top-k back (2·T·k floats) →
 //! `ops::moe::MoePlan` on the CPU (each expert's tokens) → per expert with tokens: gather
 //! (ops::moe) → SwiGLU on the gathered rows (the linear ops above) → weighted scatter-add into y:
@@ -314,20 +314,29 @@ enum GpuExperts {
     PerExpert(Vec<GpuMlp>),
 }
 
-/// One projection of all E experts stacked by rows, (E·N, K), in one binding per array: F32
-/// (`qs` holds the floats), F16 (`qs` holds binary16 pairs) or split blocks.
+/// One projection of all E experts stacked by rows, (E·N, K): F32 (`qs` holds the floats), F16
+/// (`qs` holds binary16 pairs) or split blocks, in groups of consecutive experts that each fit
+/// one storage binding per array (one group unless the experts are too big together).
 #[derive(Debug)]
 struct StackedProj {
     /// `qmatvec_id::Meta.format`.
     format: u32,
+    n: usize,
+    k: usize,
+    groups: Vec<ExpertGroup>,
+}
+
+/// Experts `e_first .. e_first + experts` of a [`StackedProj`].
+#[derive(Debug)]
+struct ExpertGroup {
+    e_first: usize,
+    experts: usize,
     scales: Option<wgpu::Buffer>,
     mins: Option<wgpu::Buffer>,
     qs: wgpu::Buffer,
     /// Elements of `scales` (and `mins`), of `qs`.
     scale_len: usize,
     qs_len: usize,
-    n: usize,
-    k: usize,
 }
 
 /// How the sparse MoE layers of a [`GpuLlama`] run.
@@ -350,9 +359,10 @@ impl std::fmt::Display for MoeGpuPath {
     }
 }
 
-/// Stacks projection `pick` of every expert into one [`StackedProj`]; `Ok(Err(reason))` when the
-/// experts cannot run by id (mixed or unsupported storage, biases, shapes, too big for one
-/// binding, or more rows than `max_rows` allows in one chunk).
+/// Stacks projection `pick` of every expert into one [`StackedProj`] (split into groups of
+/// experts when they do not fit one binding together); `Ok(Err(reason))` when the experts cannot
+/// run by id (mixed or unsupported storage, biases, shapes, one expert too big for a binding or
+/// more rows than `max_rows` allows in one chunk).
 fn stack_proj(ctx: &GpuContext, label: &str, experts: &[Mlp], pick: fn(&Mlp) -> &Linear, max_rows: Option<usize>) -> Result<Result<StackedProj, String>, GpuModelError> {
     let lins: Vec<&Linear> = experts.iter().map(pick).collect();
     let Some(first) = lins.first() else { return Ok(Err(format!("{label}: no experts"))) };
@@ -363,79 +373,69 @@ fn stack_proj(ctx: &GpuContext, label: &str, experts: &[Mlp], pick: fn(&Mlp) -> 
     if lins.iter().any(|l| l.bias.is_some()) {
         return Ok(Err(format!("{label}: experts with biases")));
     }
-    let rows = n * lins.len();
-    if let Some(m) = max_rows
-        && rows > m
-    {
-        return Ok(Err(format!("{label}: {rows} stacked rows exceed max_chunk_rows {m}")));
-    }
-    let limit = ctx.max_binding_bytes();
-    let too_big = |bytes: u64| format!("{label}: the {} stacked experts take {bytes} bytes, more than one storage binding holds ({limit} bytes, max_storage_buffer_binding_size)", lins.len());
-    if let WeightStorage::F32(_) = &first.weight {
-        let mut all = Vec::with_capacity(rows * k);
-        for (i, l) in lins.iter().enumerate() {
-            match &l.weight {
-                WeightStorage::F32(w) => all.extend_from_slice(w),
-                _ => return Ok(Err(format!("{label}: expert {i} is not F32 like expert 0"))),
-            }
-        }
-        if !k.is_multiple_of(4) {
-            return Ok(Err(format!("{label}: row length {k} is not a multiple of 4 (F32 by id reads vec4)")));
-        }
-        if all.len() as u64 * 4 > limit {
-            return Ok(Err(too_big(all.len() as u64 * 4)));
-        }
-        let qs = persistent_storage(ctx, &format!("{label}.stacked"), bytemuck::cast_slice(&all))?;
-        return Ok(Ok(StackedProj { format: qmatvec_id::FORMAT_F32, scales: None, mins: None, qs, scale_len: 0, qs_len: all.len(), n, k }));
-    }
-    if let WeightStorage::F16(_) = &first.weight {
-        let mut all: Vec<u16> = Vec::with_capacity(rows * k);
-        for (i, l) in lins.iter().enumerate() {
-            match &l.weight {
-                WeightStorage::F16(w) => all.extend_from_slice(w),
-                _ => return Ok(Err(format!("{label}: expert {i} is not F16 like expert 0"))),
-            }
-        }
-        if !k.is_multiple_of(4) {
-            return Ok(Err(format!("{label}: row length {k} is not a multiple of 4 (F16 by id reads 4 halves per step)")));
-        }
-        let words = qmatvec_id::pack_f16(&all);
-        if words.len() as u64 * 4 > limit {
-            return Ok(Err(too_big(words.len() as u64 * 4)));
-        }
-        let qs = persistent_storage(ctx, &format!("{label}.stacked"), bytemuck::cast_slice(&words))?;
-        return Ok(Ok(StackedProj { format: qmatvec_id::FORMAT_F16, scales: None, mins: None, qs, scale_len: 0, qs_len: words.len(), n, k }));
-    }
-    let mut parts = Vec::with_capacity(lins.len());
-    for (i, l) in lins.iter().enumerate() {
-        match split_of(&l.weight) {
-            Some(s) if s.format == parts.first().map_or(s.format, |p: &std::borrow::Cow<'_, SplitBlocks>| p.format) => parts.push(s),
-            _ => return Ok(Err(format!("{label}: expert {i}'s storage differs from expert 0's or is not one qmatvec_id reads (F32, F16, Q8_0, Q4_0, Q4_1)"))),
-        }
-    }
-    let format = parts[0].format;
-    let qs_len: usize = parts.iter().map(|p| p.qs.len()).sum();
-    if qs_len as u64 * 4 > limit {
-        return Ok(Err(too_big(qs_len as u64 * 4)));
-    }
-    let scales: Vec<f32> = parts.iter().flat_map(|p| p.scales.iter().copied()).collect();
-    let qs: Vec<u32> = parts.iter().flat_map(|p| p.qs.iter().copied()).collect();
-    let mins = if format.has_min() {
-        let m: Vec<f32> = parts.iter().flat_map(|p| p.mins.iter().flatten().copied()).collect();
-        Some(persistent_storage(ctx, &format!("{label}.stacked.mins"), bytemuck::cast_slice(&m))?)
-    } else {
-        None
+    // Each expert as u32 words (F32 bits, packed F16 pairs or quant words) + scales / mins.
+    type Parts = (Vec<u32>, Vec<f32>, Option<Vec<f32>>);
+    let mut parts: Vec<Parts> = Vec::with_capacity(lins.len());
+    let format = match &first.weight {
+        WeightStorage::F32(_) => qmatvec_id::FORMAT_F32,
+        WeightStorage::F16(_) => qmatvec_id::FORMAT_F16,
+        other => match split_of(other) {
+            Some(sb) => qmatvec::format_code(sb.format),
+            None => return Ok(Err(format!("{label}: expert 0's storage is not one qmatvec_id reads (F32, F16, Q8_0, Q4_0, Q4_1)"))),
+        },
     };
-    Ok(Ok(StackedProj {
-        format: qmatvec::format_code(format),
-        scales: Some(persistent_storage(ctx, &format!("{label}.stacked.scales"), bytemuck::cast_slice(&scales))?),
-        mins,
-        qs: persistent_storage(ctx, &format!("{label}.stacked.qs"), bytemuck::cast_slice(&qs))?,
-        scale_len: scales.len(),
-        qs_len,
-        n,
-        k,
-    }))
+    if (format == qmatvec_id::FORMAT_F32 || format == qmatvec_id::FORMAT_F16) && !k.is_multiple_of(4) {
+        return Ok(Err(format!("{label}: row length {k} is not a multiple of 4 (F32 / F16 by id read 4 weights per step)")));
+    }
+    for (i, l) in lins.iter().enumerate() {
+        let part = match (&l.weight, format) {
+            (WeightStorage::F32(w), qmatvec_id::FORMAT_F32) => (w.iter().map(|v| v.to_bits()).collect(), Vec::new(), None),
+            (WeightStorage::F16(w), qmatvec_id::FORMAT_F16) => (qmatvec_id::pack_f16(w), Vec::new(), None),
+            (other, _) => match split_of(other) {
+                Some(sb) if qmatvec::format_code(sb.format) == format => {
+                    let sb = sb.into_owned();
+                    (sb.qs, sb.scales, sb.mins)
+                }
+                _ => return Ok(Err(format!("{label}: expert {i}'s storage differs from expert 0's"))),
+            },
+        };
+        parts.push(part);
+    }
+    // Experts per group: as many as one binding holds (the widest array, qs, decides) and, when
+    // `max_rows` caps rows per chunk, as many whole experts as fit in it.
+    let limit = ctx.max_binding_bytes();
+    let expert_bytes = (parts[0].0.len() as u64 * 4).max(4);
+    let mut per_group = (limit / expert_bytes) as usize;
+    if let Some(m) = max_rows {
+        per_group = per_group.min(m / n.max(1));
+    }
+    if per_group == 0 {
+        return Ok(Err(match max_rows {
+            Some(m) if m < n => format!("{label}: one expert's {n} rows exceed max_chunk_rows {m}"),
+            _ => format!("{label}: one expert takes {expert_bytes} bytes, more than one storage binding holds ({limit} bytes, max_storage_buffer_binding_size)"),
+        }));
+    }
+    let mut groups = Vec::new();
+    for (gi, chunk) in parts.chunks(per_group).enumerate() {
+        let e_first = gi * per_group;
+        let qs: Vec<u32> = chunk.iter().flat_map(|p| p.0.iter().copied()).collect();
+        let scales: Vec<f32> = chunk.iter().flat_map(|p| p.1.iter().copied()).collect();
+        let mins: Option<Vec<f32>> = chunk[0].2.as_ref().map(|_| chunk.iter().flat_map(|p| p.2.iter().flatten().copied()).collect());
+        let g = format!("{label}.stacked.{e_first}");
+        groups.push(ExpertGroup {
+            e_first,
+            experts: chunk.len(),
+            scales: if scales.is_empty() { None } else { Some(persistent_storage(ctx, &format!("{g}.scales"), bytemuck::cast_slice(&scales))?) },
+            mins: match &mins {
+                Some(m) => Some(persistent_storage(ctx, &format!("{g}.mins"), bytemuck::cast_slice(m))?),
+                None => None,
+            },
+            qs: persistent_storage(ctx, &format!("{g}.qs"), bytemuck::cast_slice(&qs))?,
+            scale_len: scales.len(),
+            qs_len: qs.len(),
+        });
+    }
+    Ok(Ok(StackedProj { format, n, k, groups }))
 }
 
 /// The stacked experts of a block, or the reason they cannot run by id.
@@ -474,17 +474,20 @@ fn upload_moe(ctx: &GpuContext, p: &str, b: &MoeBlock, max_rows: Option<usize>, 
 }
 
 /// Records x (pairs / x_div, K) → y (pairs, N) through `w` with the experts at
-/// `ids[ids_offset..]` (f32-coded, router output).
+/// `ids[ids_offset..]` (f32-coded, router output): one qmatvec_id dispatch per expert group.
 #[allow(clippy::too_many_arguments)]
-fn encode_by_id(ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, w: &StackedProj, pairs: usize, x_div: usize, n_experts: usize, ids: wgpu::BufferBinding<'_>, ids_offset: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<(), OpError> {
-    let meta = qmatvec_id::Meta { n: w.n as u32, k: w.k as u32, format: w.format, pairs: pairs as u32, x_div: x_div as u32, ids_offset: ids_offset as u32, n_experts: n_experts as u32, _pad: 0 };
-    let sc = w.scales.as_ref().map_or_else(|| range(&w.qs, 0, 1), |s| range(s, 0, w.scale_len));
-    let mn = match (&w.mins, &w.scales) {
-        (Some(m), _) => range(m, 0, w.scale_len),
-        (None, Some(s)) => range(s, 0, w.scale_len),
-        (None, None) => range(&w.qs, 0, 1),
-    };
-    qmatvec_id::encode(ctx, enc, &meta, sc, mn, range(&w.qs, 0, w.qs_len), ids, range(x, 0, pairs / x_div * w.k), range(y, 0, pairs * w.n))
+fn encode_by_id(ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, w: &StackedProj, pairs: usize, x_div: usize, ids: &wgpu::Buffer, ids_len: usize, ids_offset: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<(), OpError> {
+    for g in &w.groups {
+        let meta = qmatvec_id::Meta { n: w.n as u32, k: w.k as u32, format: w.format, pairs: pairs as u32, x_div: x_div as u32, ids_offset: ids_offset as u32, n_experts: g.experts as u32, e_first: g.e_first as u32 };
+        let sc = g.scales.as_ref().map_or_else(|| range(&g.qs, 0, 1), |s| range(s, 0, g.scale_len));
+        let mn = match (&g.mins, &g.scales) {
+            (Some(m), _) => range(m, 0, g.scale_len),
+            (None, Some(s)) => range(s, 0, g.scale_len),
+            (None, None) => range(&g.qs, 0, 1),
+        };
+        qmatvec_id::encode(ctx, enc, &meta, sc, mn, range(&g.qs, 0, g.qs_len), range(ids, 0, ids_len), range(x, 0, pairs / x_div * w.k), range(y, 0, pairs * w.n))?;
+    }
+    Ok(())
 }
 
 impl GpuMoe {
@@ -738,6 +741,19 @@ impl GpuLlama {
         self.moe_path.as_ref()
     }
 
+    /// The most bindings (expert groups) one stacked expert projection takes: 1 when all E experts
+    /// fit one binding, more when they are split; 0 without by-id MoE layers.
+    pub fn moe_expert_bindings(&self) -> usize {
+        self.layers
+            .iter()
+            .filter_map(|l| match l.moe.as_ref().map(|b| &b.experts) {
+                Some(GpuExperts::Stacked { gate, up, down }) => Some(gate.groups.len().max(up.groups.len()).max(down.groups.len())),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Router top-k readbacks (GPU→CPU syncs inside a step) made since creation: 0 when the
     /// experts run by id, one per sparse layer and token chunk otherwise.
     pub fn router_readbacks(&self) -> u64 {
@@ -862,12 +878,11 @@ impl GpuLlama {
                 b.router.encode(ctx, &mut enc, t, &s.hs, &s.router_logits)?;
                 let rmeta = router::Meta { t: t as u32, e: e_n as u32, k: k as u32, renorm: router::renorm_for(mc.style, mc.norm_topk_prob) as u32 };
                 router::encode(ctx, &mut enc, &rmeta, range(&s.router_logits, 0, t * e_n), range(&s.router_out, 0, 2 * tk))?;
-                let ids = || range(&s.router_out, 0, 2 * tk);
-                encode_by_id(ctx, &mut enc, gate, tk, k, e_n, ids(), tk, &s.hs, &s.gate)?;
-                encode_by_id(ctx, &mut enc, up, tk, k, e_n, ids(), tk, &s.hs, &s.up)?;
+                encode_by_id(ctx, &mut enc, gate, tk, k, &s.router_out, 2 * tk, tk, &s.hs, &s.gate)?;
+                encode_by_id(ctx, &mut enc, up, tk, k, &s.router_out, 2 * tk, tk, &s.hs, &s.up)?;
                 let ie = gate.n;
                 swiglu::encode(ctx, &mut enc, &swiglu::Meta { n: (tk * ie) as u32, _pad: [0; 3] }, range(&s.gate, 0, tk * ie), range(&s.up, 0, tk * ie))?;
-                encode_by_id(ctx, &mut enc, down, tk, 1, e_n, ids(), tk, &s.gate, &s.moe_out)?;
+                encode_by_id(ctx, &mut enc, down, tk, 1, &s.router_out, 2 * tk, tk, &s.gate, &s.moe_out)?;
                 let cmeta = qmatvec_id::CombineMeta { t: t as u32, k: k as u32, h: h as u32, _pad: 0 };
                 qmatvec_id::encode_combine(ctx, &mut enc, &cmeta, range(&s.router_out, 0, tk), range(&s.moe_out, 0, tk * h), range(&s.tmp, 0, t * h))?;
                 if let Some((shared, sgate)) = &b.shared {

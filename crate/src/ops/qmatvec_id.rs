@@ -64,9 +64,11 @@ pub struct Meta {
     pub x_div: u32,
     /// ids[ids_offset + p] is pair p's expert (as f32).
     pub ids_offset: u32,
-    /// Experts E.
+    /// Experts in this binding (all E, or one group of them).
     pub n_experts: u32,
-    pub _pad: u32,
+    /// The first expert of this binding: pairs of experts outside e_first .. e_first + n_experts
+    /// are left untouched (another group's dispatch writes them).
+    pub e_first: u32,
 }
 
 /// Mirrors `struct Meta` in shaders/moe_combine.wgsl (16 bytes).
@@ -246,14 +248,60 @@ pub fn widest_bytes(w: IdWeights<'_>) -> u64 {
     }
 }
 
+/// Experts `e0..e1` of the stacked weights (rows e0·N .. e1·N).
+fn experts_slice(w: IdWeights<'_>, n: usize, k: usize, e0: usize, e1: usize) -> (Option<SplitBlocks>, std::ops::Range<usize>) {
+    match w {
+        IdWeights::F32(_) | IdWeights::F16(_) => (None, e0 * n * k..e1 * n * k),
+        IdWeights::Quant(s) => {
+            let (b0, b1) = (e0 * n * (k / QK), e1 * n * (k / QK));
+            let qw = s.format.quant_words();
+            let part = SplitBlocks { format: s.format, scales: s.scales[b0..b1].to_vec(), mins: s.mins.as_ref().map(|m| m[b0..b1].to_vec()), qs: s.qs[b0 * qw..b1 * qw].to_vec() };
+            (Some(part), 0..0)
+        }
+    }
+}
+
 /// y = W[ids] · x on the GPU: uploads the stacked weights whole (they must fit one binding), the
 /// ids as f32 after `ids_offset` zeros (as in the router's output), one dispatch, readback.
 /// Returns pairs·N values, equal to [`reference`] within the f32 summation bound.
 pub async fn qmatvec_id(ctx: &GpuContext, w: IdWeights<'_>, p: &IdParams, x: &[f32], ids: &[u32], ids_offset: usize) -> Result<Vec<f32>, OpError> {
+    qmatvec_id_grouped(ctx, w, p, x, ids, ids_offset, p.n_experts).await
+}
+
+/// As [`qmatvec_id`] with the experts split into groups of `per_group` (the last may be smaller),
+/// one binding and one dispatch each into the same y (what a model does when all E experts do
+/// not fit one binding).
+pub async fn qmatvec_id_grouped(ctx: &GpuContext, w: IdWeights<'_>, p: &IdParams, x: &[f32], ids: &[u32], ids_offset: usize, per_group: usize) -> Result<Vec<f32>, OpError> {
     let pairs = check(w, p, x, ids)?;
     if pairs == 0 {
         return Ok(Vec::new());
     }
+    let (n, k) = (p.n, p.k);
+    let per_group = per_group.clamp(1, p.n_experts);
+    let mut id_f: Vec<f32> = vec![0.0; ids_offset];
+    id_f.extend(ids.iter().map(|&i| i as f32));
+    let ib = ctx.upload_f32("qmatvec_id.ids", &id_f).op(KERNEL)?;
+    let xb = ctx.upload_f32("qmatvec_id.x", x).op(KERNEL)?;
+    let yb = ctx.upload_f32("qmatvec_id.y", &vec![f32::NAN; pairs * n]).op(KERNEL)?;
+    let mut e0 = 0;
+    while e0 < p.n_experts {
+        let e1 = (e0 + per_group).min(p.n_experts);
+        let (part, range) = experts_slice(w, n, k, e0, e1);
+        let gw = match (w, &part) {
+            (_, Some(s)) => IdWeights::Quant(s),
+            (IdWeights::F32(v), None) => IdWeights::F32(&v[range]),
+            (IdWeights::F16(v), None) => IdWeights::F16(&v[range]),
+            (IdWeights::Quant(_), None) => unreachable!("experts_slice splits quantized weights"),
+        };
+        dispatch_group(ctx, gw, p, pairs, ids_offset, e0, e1, &ib, id_f.len(), &xb, x.len(), &yb)?;
+        e0 = e1;
+    }
+    ctx.read_f32("qmatvec_id.y readback", &yb, 0, pairs * n).await.op(KERNEL)
+}
+
+/// Uploads experts e0..e1 (`w` holds just them) and runs their dispatch into `yb`.
+#[allow(clippy::too_many_arguments)]
+fn dispatch_group(ctx: &GpuContext, w: IdWeights<'_>, p: &IdParams, pairs: usize, ids_offset: usize, e0: usize, e1: usize, ib: &crate::gpu::PooledBuffer, ids_len: usize, xb: &crate::gpu::PooledBuffer, x_len: usize, yb: &crate::gpu::PooledBuffer) -> Result<(), OpError> {
     let limit = ctx.max_binding_bytes();
     if widest_bytes(w) > limit {
         return Err(OpError::shape(KERNEL, format!("stacked weights of {} bytes exceed one storage binding ({limit} bytes)", widest_bytes(w))));
@@ -277,11 +325,6 @@ pub async fn qmatvec_id(ctx: &GpuContext, w: IdWeights<'_>, p: &IdParams, x: &[f
             (Some(sc), mn, ctx.upload_f32("qmatvec_id.qs", &words).op(KERNEL)?)
         }
     };
-    let mut id_f: Vec<f32> = vec![0.0; ids_offset];
-    id_f.extend(ids.iter().map(|&i| i as f32));
-    let ib = ctx.upload_f32("qmatvec_id.ids", &id_f).op(KERNEL)?;
-    let xb = ctx.upload_f32("qmatvec_id.x", x).op(KERNEL)?;
-    let yb = ctx.upload_f32("qmatvec_id.y", &vec![0.0; pairs * p.n]).op(KERNEL)?;
     let meta = Meta {
         n: p.n as u32,
         k: p.k as u32,
@@ -289,8 +332,8 @@ pub async fn qmatvec_id(ctx: &GpuContext, w: IdWeights<'_>, p: &IdParams, x: &[f
         pairs: pairs as u32,
         x_div: p.x_div as u32,
         ids_offset: ids_offset as u32,
-        n_experts: p.n_experts as u32,
-        _pad: 0,
+        n_experts: (e1 - e0) as u32,
+        e_first: e0 as u32,
     };
     let sbytes = match w {
         IdWeights::F32(_) | IdWeights::F16(_) => 4,
@@ -306,12 +349,12 @@ pub async fn qmatvec_id(ctx: &GpuContext, w: IdWeights<'_>, p: &IdParams, x: &[f
         sbuf.binding(sbytes),
         mins.as_ref().unwrap_or(sbuf).binding(sbytes),
         qs.binding(qbytes),
-        ib.binding(id_f.len() as u64 * 4),
-        xb.binding(x.len() as u64 * 4),
+        ib.binding(ids_len as u64 * 4),
+        xb.binding(x_len as u64 * 4),
         yb.binding((pairs * p.n) as u64 * 4),
     )?;
     ctx.queue.submit([enc.finish()]);
-    ctx.read_f32("qmatvec_id.y readback", &yb, 0, pairs * p.n).await.op(KERNEL)
+    Ok(())
 }
 
 /// moe_combine on the GPU: upload, one dispatch, readback of out (T, H).

@@ -129,17 +129,22 @@ pub async fn qmatvec_id_cases(ctx: &GpuContext) {
                 None => IdWeights::F32(&dense),
             };
             let label = format!("qmatvec_id {name} E={e} N={n} K={k} T={t} k={top_k} x_div={x_div}");
-            let gpu = qmatvec_id::qmatvec_id(ctx, w, &p, &x, &ids, pairs).await.unwrap_or_else(|err| panic!("{label}: {err}"));
             let cpu = qmatvec_id::reference(w, &p, &x, &ids).unwrap();
-            assert_eq!(gpu.len(), pairs * n, "{label}: output length");
-            for pr in 0..pairs {
-                let xr = &x[pr / x_div * k..(pr / x_div + 1) * k];
-                for r in 0..n {
-                    let row = &deq[(ids[pr] as usize * n + r) * k..][..k];
-                    let s: f64 = row.iter().zip(xr).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
-                    let tol = (2.0 * k as f64 + 4.0) * EPS * s + 1e-30;
-                    let (g, c) = (gpu[pr * n + r], cpu[pr * n + r]);
-                    assert!(((g - c) as f64).abs() <= tol, "{label} pair {pr} (expert {}) row {r}: gpu {g} cpu {c} tol {tol:e}", ids[pr]);
+            // All experts in one binding, then split into groups of 1 and 3 experts (one binding
+            // and one dispatch per group into the same y, NaN-initialised: every row is written).
+            for per_group in [e, 1, 3] {
+                let label = format!("{label} groups of {per_group}");
+                let gpu = qmatvec_id::qmatvec_id_grouped(ctx, w, &p, &x, &ids, pairs, per_group).await.unwrap_or_else(|err| panic!("{label}: {err}"));
+                assert_eq!(gpu.len(), pairs * n, "{label}: output length");
+                for pr in 0..pairs {
+                    let xr = &x[pr / x_div * k..(pr / x_div + 1) * k];
+                    for r in 0..n {
+                        let row = &deq[(ids[pr] as usize * n + r) * k..][..k];
+                        let s: f64 = row.iter().zip(xr).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                        let tol = (2.0 * k as f64 + 4.0) * EPS * s + 1e-30;
+                        let (g, c) = (gpu[pr * n + r], cpu[pr * n + r]);
+                        assert!(((g - c) as f64).abs() <= tol, "{label} pair {pr} (expert {}) row {r}: gpu {g} cpu {c} tol {tol:e}", ids[pr]);
+                    }
                 }
             }
         }
