@@ -80,6 +80,12 @@ fn matmul_matches_reference() {
 }
 
 #[test]
+fn matvec_matches_reference() {
+    let ctx = ctx();
+    pollster::block_on(matvec_cases(&ctx));
+}
+
+#[test]
 fn ops_chain_on_gpu_resident_buffers() {
     let ctx = ctx();
     pollster::block_on(chained_rmsnorm_matmul(&ctx));

@@ -51,6 +51,12 @@ async fn matmul_matches_reference() {
 }
 
 #[wasm_bindgen_test]
+async fn matvec_matches_reference() {
+    let ctx = ctx().await;
+    matvec_cases(&ctx).await;
+}
+
+#[wasm_bindgen_test]
 async fn ops_chain_on_gpu_resident_buffers() {
     let ctx = ctx().await;
     chained_rmsnorm_matmul(&ctx).await;

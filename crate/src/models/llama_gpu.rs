@@ -62,7 +62,7 @@ use crate::models::moe::{ExpertChoice, ExpertTrace, Mlp, MoeBlock};
 use crate::ops::{moe, qmatvec_id, router};
 use crate::ops::embed::{EmbedTable, GpuEmbedTable, persistent_storage};
 use crate::ops::attention::{self, AttentionParams, GpuKvCache};
-use crate::ops::{OpError, add, hmatmul, hmatvec, matmul, qmatmul, qmatvec, rmsnorm, rope, swiglu};
+use crate::ops::{OpError, add, hmatmul, hmatvec, matmul, matvec, qmatmul, qmatvec, rmsnorm, rope, swiglu};
 use crate::posenc::rope::{RopeFreqs, RopeLayout, RopeScaling};
 use crate::tensor::quant::SplitBlocks;
 
@@ -180,8 +180,9 @@ const HMATMUL_MIN_TOKENS: usize = 16;
 
 /// Records y (t, n) = x (t, k) · Wᵀ for W = `table` (n rows of k). Caller guarantees t == 1 or
 /// [`batchable`]. Quantized: t = 1 one `qmatvec` per chunk, t > 1 one `qmatmul` per chunk (each
-/// weight tile dequantized once per 32 tokens; y columns at row0 via Meta.y0); f32: one `matmul`
-/// (one chunk) or one per chunk (t = 1, columns at row0).
+/// weight tile dequantized once per 32 tokens; y columns at row0 via Meta.y0); f32: t = 1 one
+/// `matvec` per chunk (K a multiple of 4; columns at row0), else one `matmul` (one chunk) or one
+/// per chunk (t = 1, columns at row0).
 fn encode_table(ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, table: &GpuEmbedTable, t: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<(), OpError> {
     let (k, n) = (table.h, table.vocab);
     match table.format {
@@ -202,6 +203,14 @@ fn encode_table(ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, table: &GpuEmb
                     let meta = hmatmul::Meta { m: t as u32, rows: c.rows as u32, k: k as u32, ldc: n as u32, c0: c.row0 as u32, _pad: [0; 3] };
                     hmatmul::encode(ctx, enc, v, &meta, c.table.as_entire_buffer_binding(), range(x, 0, t * k), range(y, 0, t * n))?;
                 }
+            }
+        }
+        // f32, one token (a decode step): one matvec per chunk (y columns at row0); the 64 × 64
+        // tiles of matmul would compute 63 empty rows per workgroup.
+        None if t == 1 && k.is_multiple_of(4) => {
+            for c in &table.chunks {
+                let meta = hmatvec::Meta { rows: c.rows as u32, k: k as u32, _pad: [0; 2] };
+                matvec::encode(ctx, enc, &meta, range(&c.table, 0, c.rows * k), range(x, 0, k), range(y, c.row0, c.rows))?;
             }
         }
         None => {

@@ -10,6 +10,7 @@ pub mod embed;
 pub mod hmatmul;
 pub mod hmatvec;
 pub mod matmul;
+pub mod matvec;
 pub mod moe;
 pub mod qmatmul;
 pub mod qmatvec;

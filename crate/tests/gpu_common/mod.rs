@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use crucible::gpu::GpuContext;
-use crucible::ops::{matmul, rmsnorm, weighted_sum};
+use crucible::ops::{matmul, matvec, rmsnorm, weighted_sum};
 
 /// The default GPU context for a native test (lavapipe where there is no GPU), or a failing test
 /// that says why: GPU tests never skip.
@@ -189,6 +189,29 @@ pub async fn matmul_cases(ctx: &GpuContext) {
     check_matmul(ctx, 64, 64, 16).await;
     check_matmul(ctx, 65, 130, 33).await;
     check_matmul(ctx, 7, 1536, 576).await;
+}
+
+/// matvec (f32 weights, decode) against its reference over odd row counts, a K of 4, SmolLM2's
+/// shapes, and chunked weights (a row cap that is not a multiple of the 8 rows per workgroup).
+pub async fn matvec_cases(ctx: &GpuContext) {
+    for (case, &(n, k, cap)) in [(1usize, 4usize, None), (37, 576, None), (1536, 576, None), (130, 1536, Some(60usize)), (9, 12, Some(4))].iter().enumerate() {
+        let w = data(40 + case as u64, n * k, 1.0);
+        let x = data(90 + case as u64, k, 1.5);
+        let p = matvec::MatvecParams { n, k, max_chunk_rows: cap };
+        let want = matvec::reference(&w, n, k, &x).unwrap();
+        let got = matvec::matvec(ctx, &w, &x, &p).await.unwrap_or_else(|e| panic!("matvec (N={n}, K={k}) failed on the GPU: {e}"));
+        assert_eq!(got.len(), n, "matvec (N={n}, K={k}): output length");
+        for r in 0..n {
+            let s: f64 = (0..k).map(|j| (w[r * k + j] as f64 * x[j] as f64).abs()).sum();
+            // Tolerance: both sum K products in f32 in different orders (column order; vec4
+            // partials then a tree), either may fuse: |diff| ≤ 2·K·ε·Σ_j |W[r,j]·x[j]|.
+            let tol = 2.0 * k as f64 * EPS * s + 1e-30;
+            let diff = (got[r] as f64 - want[r] as f64).abs();
+            assert!(diff <= tol, "matvec (N={n}, K={k}, cap {cap:?}) row {r}: gpu {} cpu {} |diff| {diff:e} > tol {tol:e}", got[r], want[r]);
+        }
+    }
+    let e = matvec::matvec(ctx, &[0.0; 12], &[0.0; 6], &matvec::MatvecParams { n: 2, k: 6, max_chunk_rows: None }).await.unwrap_err().to_string();
+    assert!(e.contains("K = 6 must be a positive multiple of 4"), "{e}");
 }
 
 /// GPU-resident chaining, as a forward pass does it: RMSNorm then a Linear projection recorded
