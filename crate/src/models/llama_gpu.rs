@@ -159,6 +159,13 @@ fn qmatmul_prefill() -> bool {
     *ON.get_or_init(|| std::env::var("CRUCIBLE_QMATMUL").as_deref() == Ok("1"))
 }
 
+/// Whether `t` tokens of a product over (n rows of k) run one matrix–vector dispatch per token:
+/// t = 1, or t < [`HMATMUL_MIN_TOKENS`] with x's and y's per-token bindings on aligned offsets.
+fn per_token(ctx: &GpuContext, t: usize, k: usize, n: usize) -> bool {
+    let align = (ctx.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
+    t == 1 || (t < HMATMUL_MIN_TOKENS && k.is_multiple_of(align) && n.is_multiple_of(align))
+}
+
 /// Whether T > 1 rows of y = x·Wᵀ over `table` (out, inp) can be recorded in one go (module docs):
 /// f32 weights in one binding; quantized weights always with qmatmul (it binds X and Y whole and
 /// writes each chunk's columns through its Meta, so no binding sits at an offset), else when the
@@ -172,17 +179,19 @@ fn batchable(table: &GpuEmbedTable, align_floats: usize) -> bool {
     }
 }
 
-/// Below this many tokens a batched F16 product runs one `hmatvec` per token (when its bindings
-/// sit on aligned offsets) instead of `hmatmul`: measured on lavapipe (2 shared cores, release,
-/// SmolLM2-135M F16, 5-token prompt) hmatmul's 64-token tiles made the prefill take 110 s where
-/// a decode step takes ~6 s; a tile pays for itself only when it holds many tokens.
+/// Below this many tokens a batched F16 or f32 product runs one `hmatvec` / `matvec` per token
+/// (when its bindings sit on aligned offsets) instead of the tiled `hmatmul` / `matmul`: measured
+/// on lavapipe (2 shared cores, release, SmolLM2-135M, 5-token prompt) hmatmul's 64-token tiles
+/// made the F16 prefill take 110 s where a decode step takes ~6 s, and matmul the f32 prefill
+/// 58.8 s where a matvec decode step takes 3.2 s; a tile pays for itself only when it holds many
+/// tokens.
 const HMATMUL_MIN_TOKENS: usize = 16;
 
 /// Records y (t, n) = x (t, k) · Wᵀ for W = `table` (n rows of k). Caller guarantees t == 1 or
 /// [`batchable`]. Quantized: t = 1 one `qmatvec` per chunk, t > 1 one `qmatmul` per chunk (each
-/// weight tile dequantized once per 32 tokens; y columns at row0 via Meta.y0); f32: t = 1 one
-/// `matvec` per chunk (K a multiple of 4; columns at row0), else one `matmul` (one chunk) or one
-/// per chunk (t = 1, columns at row0).
+/// weight tile dequantized once per 32 tokens; y columns at row0 via Meta.y0); f32: one `matvec`
+/// per chunk and token when [`per_token`] (K a multiple of 4; columns at row0), else one `matmul`
+/// (one chunk) or one per chunk (t = 1, columns at row0).
 fn encode_table(ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, table: &GpuEmbedTable, t: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<(), OpError> {
     let (k, n) = (table.h, table.vocab);
     match table.format {
@@ -191,8 +200,7 @@ fn encode_table(ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, table: &GpuEmb
         // the whole y (columns via Meta.c0); variant from ctx.features.
         None if table.f16 => {
             let v = hmatvec::HalfVariant::of(ctx);
-            let align = (ctx.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
-            let per_token = t == 1 || (t < HMATMUL_MIN_TOKENS && k.is_multiple_of(align) && n.is_multiple_of(align));
+            let per_token = per_token(ctx, t, k, n);
             for c in &table.chunks {
                 if per_token {
                     let meta = hmatvec::Meta { rows: c.rows as u32, k: k as u32, _pad: [0; 2] };
@@ -205,12 +213,14 @@ fn encode_table(ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, table: &GpuEmb
                 }
             }
         }
-        // f32, one token (a decode step): one matvec per chunk (y columns at row0); the 64 × 64
-        // tiles of matmul would compute 63 empty rows per workgroup.
-        None if t == 1 && k.is_multiple_of(4) => {
+        // f32, a decode step or a short prompt ([`per_token`]): one matvec per chunk and token
+        // (y columns at row0); matmul's 64 × 64 tiles would compute 63 empty rows per workgroup.
+        None if k.is_multiple_of(4) && per_token(ctx, t, k, n) => {
             for c in &table.chunks {
                 let meta = hmatvec::Meta { rows: c.rows as u32, k: k as u32, _pad: [0; 2] };
-                matvec::encode(ctx, enc, &meta, range(&c.table, 0, c.rows * k), range(x, 0, k), range(y, c.row0, c.rows))?;
+                for ti in 0..t {
+                    matvec::encode(ctx, enc, &meta, range(&c.table, 0, c.rows * k), range(x, ti * k, k), range(y, ti * n + c.row0, c.rows))?;
+                }
             }
         }
         None => {
