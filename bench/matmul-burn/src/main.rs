@@ -31,7 +31,7 @@
 //! squares 512, 1024, 2048. Decode T = 1 on the same weights.
 //!
 //! Usage: `npm run bench:matmul -- [--runs N] [--warmup N] [--json PATH] [--quick] [--no-quant]
-//! [--no-f32]` (quick: drop the 2048 square).
+//! [--no-f32] [--max-gflop G]` (quick: drop the 2048 square; max-gflop: skip larger products).
 
 use std::time::Instant;
 
@@ -47,6 +47,8 @@ struct Args {
     warmup: usize,
     json: String,
     quick: bool,
+    /// Skip shapes of more than this many GFLOP (2·M·N·K / 1e9) per product.
+    max_gflop: f64,
     f32: bool,
     quant: bool,
 }
@@ -57,6 +59,7 @@ fn parse_args() -> Res<Args> {
         warmup: 2,
         json: concat!(env!("CARGO_MANIFEST_DIR"), "/target/matmul-burn.json").to_string(),
         quick: false,
+        max_gflop: f64::INFINITY,
         f32: true,
         quant: true,
     };
@@ -71,10 +74,14 @@ fn parse_args() -> Res<Args> {
             "--warmup" => a.warmup = num("--warmup")?,
             "--json" => a.json = it.next().ok_or("--json needs a path")?,
             "--quick" => a.quick = true,
+            "--max-gflop" => {
+                let v = it.next().ok_or("--max-gflop needs a number")?;
+                a.max_gflop = v.parse::<f64>().map_err(|e| format!("--max-gflop {v}: {e}"))?;
+            }
             "--no-quant" => a.quant = false,
             "--no-f32" => a.f32 = false,
             "-h" | "--help" => {
-                println!("bench:matmul [--runs N] [--warmup N] [--json PATH] [--quick] [--no-quant] [--no-f32]");
+                println!("bench:matmul [--runs N] [--warmup N] [--json PATH] [--quick] [--max-gflop G] [--no-quant] [--no-f32]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other} (try --help)")),
@@ -367,7 +374,17 @@ fn run() -> Res<()> {
     );
     let mut rows = Vec::new();
     let t_start = Instant::now();
-    let sh = shapes(args.quick);
+    let sh: Vec<Shape> = shapes(args.quick)
+        .into_iter()
+        .filter(|s| {
+            let g = 2.0 * (s.m * s.n * s.k) as f64 / 1e9;
+            let keep = g <= args.max_gflop;
+            if !keep {
+                println!("(skipped {}: {g:.1} GFLOP > --max-gflop {})", s.name, args.max_gflop);
+            }
+            keep
+        })
+        .collect();
 
     if args.f32 {
         for s in &sh {
