@@ -10,6 +10,8 @@
 //! Run: `XDG_RUNTIME_DIR=/tmp cargo test -p crucible --test f16_model -- --nocapture`
 #![cfg(not(target_arch = "wasm32"))]
 
+mod fixture_io;
+
 use std::path::{Path, PathBuf};
 
 use crucible::formats::checkpoint::{Checkpoint, DirFiles};
@@ -19,6 +21,7 @@ use crucible::models::llama_gpu::{GpuLlama, GpuLlamaOptions};
 use crucible::models::{KvCache, Linear, LlamaModel, WeightStorage};
 use crucible::ops::hmatvec::HalfVariant;
 use serde_json::Value;
+use fixture_io::{read_f32, tokens, max_abs_diff};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama_f16")
@@ -26,20 +29,6 @@ fn fixtures() -> PathBuf {
 
 fn manifest() -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("manifest.json")).expect("manifest.json")).unwrap()
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-}
-
-fn tokens(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn load_hf(name: &str) -> LlamaModel {

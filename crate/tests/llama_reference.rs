@@ -6,12 +6,15 @@
 //! logits of a 7-token prefill and 3 one-token decode steps with past_key_values; rope.json holds
 //! transformers' inv_freq and attention factor for each rope type).
 
+mod fixture_io;
+
 use std::path::{Path, PathBuf};
 
 use crucible::formats::checkpoint::{Checkpoint, DirFiles};
 use crucible::models::{KvCache, LlamaConfig, LlamaModel, ModelError};
 use crucible::posenc::RopeScaling;
 use serde_json::Value;
+use fixture_io::{read_f32, tokens, max_abs_diff};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama")
@@ -24,23 +27,9 @@ fn manifest() -> Value {
     m
 }
 
-fn read_f32(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-}
-
 fn load(dir: &Path) -> Result<LlamaModel, ModelError> {
     let mut ckpt = Checkpoint::open(Box::new(DirFiles::new(dir)))?;
     LlamaModel::from_checkpoint(&mut ckpt)
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-fn tokens(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
 }
 
 #[test]

@@ -16,6 +16,7 @@
 //!
 //! Run: `XDG_RUNTIME_DIR=/tmp cargo test -p crucible --test moe_gpu -- --nocapture`
 
+mod fixture_io;
 mod gpu_common;
 
 use std::path::{Path, PathBuf};
@@ -26,25 +27,11 @@ use crucible::models::{ExpertTrace, KvCache, LlamaModel};
 use crucible::tensor::quant::BlockFormat;
 use serde_json::Value;
 
+use fixture_io::{max_abs_diff, read_f32, tokens};
 use gpu_common::ctx;
-
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/moe")
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-}
-
-fn tokens(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn load(name: &str) -> LlamaModel {

@@ -8,6 +8,8 @@
 //! 7-token prefill and 3 cached one-token decode steps; the router's top-k experts and weights of
 //! every token in every sparse layer, captured from the router modules).
 
+mod fixture_io;
+
 use std::path::{Path, PathBuf};
 
 use crucible::formats::checkpoint::{Checkpoint, DirFiles};
@@ -15,6 +17,7 @@ use crucible::formats::io::FileSource;
 use crucible::models::{ExpertTrace, KvCache, LlamaModel, MoeStyle};
 use crucible::tensor::quant::BlockFormat;
 use serde_json::Value;
+use fixture_io::{read_f32, tokens, max_abs_diff};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/moe")
@@ -27,23 +30,9 @@ fn manifest() -> Value {
     m
 }
 
-fn read_f32(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-}
-
 fn load(name: &str) -> LlamaModel {
     let mut ckpt = Checkpoint::open(Box::new(DirFiles::new(fixtures().join(name)))).unwrap();
     LlamaModel::from_checkpoint(&mut ckpt).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-fn tokens(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
 }
 
 const STEPS: [&str; 4] = ["prefill", "decode_0", "decode_1", "decode_2"];

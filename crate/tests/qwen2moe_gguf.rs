@@ -11,6 +11,8 @@
 //! folders tests/fixtures/moe/{qwen2_moe, qwen2_moe_norm}, whose transformers logits (7-token
 //! prefill + 3 one-token decode steps) and router choices are in tests/fixtures/moe/manifest.json.
 
+mod fixture_io;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,6 +23,7 @@ use crucible::models::{KvCache, LlamaModel, MoeStyle};
 use crucible::posenc::rope::RopeLayout;
 use crucible::tensor::quant::BlockFormat;
 use serde_json::Value;
+use fixture_io::{read_f32, max_abs_diff};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
@@ -56,16 +59,6 @@ fn load_gguf(file: &str) -> LlamaModel {
 fn load_hf(name: &str) -> LlamaModel {
     let mut ckpt = Checkpoint::open(Box::new(DirFiles::new(fixtures().join("moe").join(name)))).unwrap();
     LlamaModel::from_checkpoint(&mut ckpt).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Prefill + 3 decode steps of `model` beside `twin` (the HF-folder load) against the
