@@ -36,6 +36,8 @@
 // control flow around the barriers is uniform. The k order is 0..K-1, as in the CPU reference.
 // 64 threads: lavapipe and SwiftShader pay per barrier and per invocation (see qmatvec.wgsl).
 
+// Shared WGSL: the host prepends shaders/quant_decode.wgsl (i8x4, u4x4).
+
 const TR: u32 = 32u;   // weight rows per tile
 const TT: u32 = 32u;   // tokens per tile
 const BK: u32 = 32u;   // k per step = one block
@@ -60,23 +62,6 @@ struct Meta {
 
 var<workgroup> w_tile: array<f32, 1024>;  // [kk * 32 + row]
 var<workgroup> x_tile: array<f32, 1024>;  // [kk * 32 + token]
-
-// The four bytes of `word` as i8 (sign-extended), in byte order.
-fn i8x4(word: u32) -> vec4<f32> {
-    let s = bitcast<i32>(word);
-    return vec4<f32>(vec4<i32>(
-        extractBits(s, 0u, 8u),
-        extractBits(s, 8u, 8u),
-        extractBits(s, 16u, 8u),
-        extractBits(s, 24u, 8u),
-    ));
-}
-
-// The low nibbles (shift 0) or high nibbles (shift 4) of the four bytes of `word`.
-fn u4x4(word: u32, shift: u32) -> vec4<f32> {
-    let v = (vec4<u32>(word) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(shift))) & vec4<u32>(0xFu);
-    return vec4<f32>(v);
-}
 
 fn put4(kk: u32, row: u32, v: vec4<f32>) {
     w_tile[kk * TR + row] = v.x;

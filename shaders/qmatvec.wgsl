@@ -46,6 +46,9 @@
 // revisit TPR / ROWS where a real GPU can be measured. No subgroups: the kernel runs wherever WebGPU does
 // (SwiftShader caps workgroups at 256 invocations).
 
+// Shared WGSL: the host prepends shaders/quant_decode.wgsl (i8x4, u4x4) and quant_row_dot.wgsl
+// (`quant_row_dot`, the per-thread row loop), crate/src/ops/qmatvec.rs `WGSL`.
+
 const WG: u32 = 64u;     // threads per workgroup
 const TPR: u32 = 8u;     // threads per output row
 const ROWS: u32 = 8u;    // rows per workgroup, WG / TPR
@@ -66,23 +69,6 @@ struct Meta {
 
 var<workgroup> partial: array<f32, WG>;
 
-// The four bytes of `word` as i8 (sign-extended), in byte order.
-fn i8x4(word: u32) -> vec4<f32> {
-    let s = bitcast<i32>(word);
-    return vec4<f32>(vec4<i32>(
-        extractBits(s, 0u, 8u),
-        extractBits(s, 8u, 8u),
-        extractBits(s, 16u, 8u),
-        extractBits(s, 24u, 8u),
-    ));
-}
-
-// The low nibbles (shift 0) or high nibbles (shift 4) of the four bytes of `word`.
-fn u4x4(word: u32, shift: u32) -> vec4<f32> {
-    let v = (vec4<u32>(word) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(shift))) & vec4<u32>(0xFu);
-    return vec4<f32>(v);
-}
-
 @compute @workgroup_size(64)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -93,39 +79,9 @@ fn main(
     let row = (wid.y * groups.x + wid.x) * ROWS + lid / TPR;
     let nb = params.k / 32u;   // blocks per row
 
-    // Word i of the row: block i / W, word i % W of that block, at qs[row·nb·W + i]. The format
-    // branch is uniform and outside the loops, so each loop has a constant W (a shift, a mask).
     var acc = 0.0;
     if (row < params.rows) {
-        let b0 = row * nb;
-        if (params.format == 0u) {
-            let q0 = b0 * 8u;
-            for (var i = t; i < nb * 8u; i = i + TPR) {
-                let d = scales[b0 + (i >> 3u)];
-                acc = acc + dot(d * i8x4(qs[q0 + i]), x[i]);
-            }
-        } else if (params.format == 1u) {
-            let q0 = b0 * 4u;
-            for (var i = t; i < nb * 4u; i = i + TPR) {
-                let b = i >> 2u;
-                let d = scales[b0 + b];
-                let word = qs[q0 + i];
-                let xi = 8u * b + (i & 3u);
-                acc = acc + dot(d * (u4x4(word, 0u) - vec4<f32>(8.0)), x[xi]);
-                acc = acc + dot(d * (u4x4(word, 4u) - vec4<f32>(8.0)), x[xi + 4u]);
-            }
-        } else {
-            let q0 = b0 * 4u;
-            for (var i = t; i < nb * 4u; i = i + TPR) {
-                let b = i >> 2u;
-                let d = scales[b0 + b];
-                let m = vec4<f32>(mins[b0 + b]);
-                let word = qs[q0 + i];
-                let xi = 8u * b + (i & 3u);
-                acc = acc + dot(d * u4x4(word, 0u) + m, x[xi]);
-                acc = acc + dot(d * u4x4(word, 4u) + m, x[xi + 4u]);
-            }
-        }
+        acc = quant_row_dot(params.format, row * nb, nb, t, 0u);
     }
     partial[lid] = acc;
     workgroupBarrier();

@@ -38,6 +38,9 @@
 // serves pair g / G and rows (g % G)·8 .. +8 of it, G = ⌈N / 8⌉. Threads past the pairs or rows
 // skip loads and stores but meet every barrier.
 
+// Shared WGSL: the host prepends shaders/quant_decode.wgsl (i8x4, u4x4) and quant_row_dot.wgsl
+// (`quant_row_dot`, the Q8_0 / Q4_0 / Q4_1 row loop shared with qmatvec).
+
 const WG: u32 = 64u;
 const TPR: u32 = 8u;
 const ROWS: u32 = 8u;
@@ -63,21 +66,6 @@ struct Meta {
 
 var<workgroup> partial: array<f32, WG>;
 
-fn i8x4(word: u32) -> vec4<f32> {
-    let s = bitcast<i32>(word);
-    return vec4<f32>(vec4<i32>(
-        extractBits(s, 0u, 8u),
-        extractBits(s, 8u, 8u),
-        extractBits(s, 16u, 8u),
-        extractBits(s, 24u, 8u),
-    ));
-}
-
-fn u4x4(word: u32, shift: u32) -> vec4<f32> {
-    let v = (vec4<u32>(word) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(shift))) & vec4<u32>(0xFu);
-    return vec4<f32>(v);
-}
-
 @compute @workgroup_size(64)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -101,33 +89,8 @@ fn main(
             let wrow = e * params.n + row;     // row of the stacked W
             let x0 = (pair / params.x_div) * (params.k / 4u);
             let b0 = wrow * nb;
-            if (params.format == 0u) {
-                let q0 = b0 * 8u;
-                for (var i = t; i < nb * 8u; i = i + TPR) {
-                    let d = scales[b0 + (i >> 3u)];
-                    acc = acc + dot(d * i8x4(qs[q0 + i]), x[x0 + i]);
-                }
-            } else if (params.format == 1u) {
-                let q0 = b0 * 4u;
-                for (var i = t; i < nb * 4u; i = i + TPR) {
-                    let b = i >> 2u;
-                    let d = scales[b0 + b];
-                    let word = qs[q0 + i];
-                    let xi = x0 + 8u * b + (i & 3u);
-                    acc = acc + dot(d * (u4x4(word, 0u) - vec4<f32>(8.0)), x[xi]);
-                    acc = acc + dot(d * (u4x4(word, 4u) - vec4<f32>(8.0)), x[xi + 4u]);
-                }
-            } else if (params.format == 2u) {
-                let q0 = b0 * 4u;
-                for (var i = t; i < nb * 4u; i = i + TPR) {
-                    let b = i >> 2u;
-                    let d = scales[b0 + b];
-                    let m = vec4<f32>(mins[b0 + b]);
-                    let word = qs[q0 + i];
-                    let xi = x0 + 8u * b + (i & 3u);
-                    acc = acc + dot(d * u4x4(word, 0u) + m, x[xi]);
-                    acc = acc + dot(d * u4x4(word, 4u) + m, x[xi + 4u]);
-                }
+            if (params.format <= 2u) {
+                acc = quant_row_dot(params.format, b0, nb, t, x0);
             } else if (params.format == 4u) {
                 // F16: row wrow at word wrow·K/2; two words (four halves) per vec4 of x.
                 let w0 = wrow * (params.k / 2u);

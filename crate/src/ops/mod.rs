@@ -4,6 +4,13 @@
 //! plain slices that the GPU result is tested against (crate/tests/gpu_native.rs natively on
 //! lavapipe, crate/tests/gpu_web.rs in Chromium).
 
+/// WGSL shared by the kernels that read GGUF quant blocks, prepended by the host (WGSL has no
+/// includes): `i8x4` / `u4x4` word unpacking (qmatvec, qmatmul, qmatvec_id).
+pub const QUANT_DECODE: &str = include_str!("../../../shaders/quant_decode.wgsl");
+/// `quant_row_dot`, a thread's share of a quantized row · x (qmatvec, qmatvec_id), after
+/// [`QUANT_DECODE`].
+pub const QUANT_ROW_DOT: &str = include_str!("../../../shaders/quant_row_dot.wgsl");
+
 pub mod add;
 pub mod attention;
 pub mod embed;

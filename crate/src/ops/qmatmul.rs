@@ -23,10 +23,13 @@ use crate::gpu::GpuContext;
 use crate::tensor::quant::{BlockFormat, QK, SplitBlocks};
 
 use super::qmatvec::{self, format_code};
-use super::{GpuResultExt, OpError, record};
+use super::{GpuResultExt, OpError, QUANT_DECODE, record};
 
 pub const KERNEL: &str = "qmatmul";
-pub const WGSL: &str = include_str!("../../../shaders/qmatmul.wgsl");
+/// The kernel's source: the shared quant WGSL (`ops::QUANT_DECODE`) then
+/// shaders/qmatmul.wgsl.
+pub static WGSL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{QUANT_DECODE}{}", include_str!("../../../shaders/qmatmul.wgsl")));
 /// Weight rows per workgroup tile (`TR` in the shader).
 pub const TILE_ROWS: u32 = 32;
 /// Tokens per workgroup tile (`TT` in the shader).
@@ -125,7 +128,7 @@ pub fn encode(
         ctx,
         enc,
         KERNEL,
-        WGSL,
+        &WGSL,
         meta,
         &[scales, mins, qs, x, y],
         (gx as u32, gy as u32),

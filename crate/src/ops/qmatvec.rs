@@ -21,10 +21,13 @@
 use crate::gpu::GpuContext;
 use crate::tensor::quant::{BlockFormat, QK, SplitBlocks};
 
-use super::{GpuResultExt, OpError, record};
+use super::{GpuResultExt, OpError, QUANT_DECODE, QUANT_ROW_DOT, record};
 
 pub const KERNEL: &str = "qmatvec";
-pub const WGSL: &str = include_str!("../../../shaders/qmatvec.wgsl");
+/// The kernel's source: the shared quant WGSL (`ops::QUANT_DECODE`, `ops::QUANT_ROW_DOT`) then
+/// shaders/qmatvec.wgsl.
+pub static WGSL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{QUANT_DECODE}{QUANT_ROW_DOT}{}", include_str!("../../../shaders/qmatvec.wgsl")));
 /// Threads per workgroup (`WG` in the shader).
 pub const WORKGROUP_SIZE: u32 = 64;
 /// Output rows per workgroup (`ROWS` in the shader): 8 threads per row.
@@ -217,7 +220,7 @@ pub fn encode(
     let grid = ctx
         .grid(KERNEL, (meta.rows as u64).div_ceil(ROWS_PER_GROUP as u64))
         .op(KERNEL)?;
-    record(ctx, enc, KERNEL, WGSL, meta, &[scales, mins, qs, x, y], grid)
+    record(ctx, enc, KERNEL, &WGSL, meta, &[scales, mins, qs, x, y], grid)
 }
 
 /// y = W · x on the GPU: uploads x once and W chunk by chunk (rows), dispatches, reads back.

@@ -31,10 +31,13 @@
 use crate::gpu::GpuContext;
 use crate::tensor::quant::{QK, SplitBlocks};
 
-use super::{GpuResultExt, OpError, qmatvec, record};
+use super::{GpuResultExt, OpError, QUANT_DECODE, QUANT_ROW_DOT, qmatvec, record};
 
 pub const KERNEL: &str = "qmatvec_id";
-pub const WGSL: &str = include_str!("../../../shaders/qmatvec_id.wgsl");
+/// The kernel's source: the shared quant WGSL (`ops::QUANT_DECODE`, `ops::QUANT_ROW_DOT`) then
+/// shaders/qmatvec_id.wgsl.
+pub static WGSL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{QUANT_DECODE}{QUANT_ROW_DOT}{}", include_str!("../../../shaders/qmatvec_id.wgsl")));
 pub const COMBINE_KERNEL: &str = "moe_combine";
 pub const COMBINE_WGSL: &str = include_str!("../../../shaders/moe_combine.wgsl");
 /// Threads per workgroup of qmatvec_id (`WG` in the shader).
@@ -227,7 +230,7 @@ pub fn encode(
     }
     let groups = meta.pairs as u64 * (meta.n as u64).div_ceil(ROWS_PER_GROUP as u64);
     let grid = ctx.grid(KERNEL, groups).op(KERNEL)?;
-    record(ctx, enc, KERNEL, WGSL, meta, &[scales, mins, qs, ids, x, y], grid)
+    record(ctx, enc, KERNEL, &WGSL, meta, &[scales, mins, qs, ids, x, y], grid)
 }
 
 /// Records one moe_combine dispatch: w (≥ T·k), src (T·k·H) → y (T·H), overwritten.
